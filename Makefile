@@ -1,0 +1,65 @@
+# Every command a reader needs. `make test` sets everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+NEWEST := $(shell ls -d phase[0-9]*_*/ | sort -V | tail -n 1 | tr -d /)
+HOST ?= 127.0.0.1
+PORT ?= 8080
+PHASE ?= $(NEWEST)
+PY_SOURCES := phase*/ tests/ tools/ bench/
+
+.PHONY: run test lint typecheck pytest docs serve-docs diffs bench bench-echo flame system-tools clean
+
+run:  ## serve the newest phase on $(HOST):$(PORT)
+	$(PYTHON) -m $(PHASE) --host $(HOST) --port $(PORT)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check '.[dev,docs,bench]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# wrk is a Debian package: installed when we are root (as CI is), otherwise the tests that need it say so.
+system-tools:
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "note: wrk is not installed (apt-get install wrk); the tests that need it will skip"; fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy $(PY_SOURCES)
+
+pytest: $(STAMP) system-tools
+	$(PY) -m pytest
+
+test: lint typecheck pytest diffs-check docs
+
+diffs: $(STAMP)
+	$(PY) tools/gen_diffs.py
+
+diffs-check: $(STAMP)
+	$(PY) tools/gen_diffs.py --check
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
+serve-docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve --strict
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+bench-echo: $(STAMP)
+	$(PY) -m bench.echo
+
+flame: $(STAMP)
+	$(PY) -m bench.flame --phase $(PHASE)
+
+clean:
+	rm -rf site .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,257 @@
+"""Shared test machinery: find the phases, run each test for every phase that can pass it, start servers.
+
+A phase is a directory `phaseN_name/` with an `__init__.py` that defines `CAPABILITIES`, a frozenset of
+strings. A test says what it needs with `@pytest.mark.needs("echo")` and takes the `phase` fixture (directly
+or through `server` / `start_server`); it then runs once per phase whose capabilities include all it needs,
+and is deselected for the others.
+
+    pytest --phase phase2_nonblocking            # one phase of this repository
+    pytest --phase-dir ~/my_phase3               # your own phase directory, against the same tests
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PHASE_DIR_PATTERN = re.compile(r"^phase(\d+)_\w+$")
+STARTUP_TIMEOUT = 10.0
+SHUTDOWN_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase package: where it lives and what it can do."""
+
+    name: str
+    root: Path  # the directory that holds the package, the subprocess's cwd and PYTHONPATH
+    capabilities: frozenset[str]
+
+    def import_module(self, submodule: str = "") -> ModuleType:
+        """Import the phase package, or `<phase>.<submodule>` (e.g. "protocol") for unit tests."""
+        root = str(self.root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        return importlib.import_module(f"{self.name}.{submodule}" if submodule else self.name)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("phases")
+    group.addoption("--phase", action="append", default=[], help="test only this phase (repeatable)")
+    group.addoption(
+        "--phase-dir",
+        action="append",
+        default=[],
+        type=Path,
+        help="test your own phase package directory (it must define CAPABILITIES in __init__.py)",
+    )
+
+
+def _load_phase(package_dir: Path) -> Phase:
+    package_dir = package_dir.resolve()
+    if not (package_dir / "__init__.py").is_file():
+        raise pytest.UsageError(f"{package_dir} is not a Python package (no __init__.py)")
+    phase = Phase(package_dir.name, package_dir.parent, frozenset())
+    capabilities = getattr(phase.import_module(), "CAPABILITIES", None)
+    if not isinstance(capabilities, frozenset):
+        raise pytest.UsageError(f"{package_dir}/__init__.py must define CAPABILITIES = frozenset({{...}})")
+    return Phase(phase.name, phase.root, capabilities)
+
+
+def _discover_phases(config: pytest.Config) -> list[Phase]:
+    own_dirs: list[Path] = config.getoption("--phase-dir")
+    if own_dirs:
+        return [_load_phase(path) for path in own_dirs]
+    found = sorted(
+        (path for path in REPO_ROOT.iterdir() if PHASE_DIR_PATTERN.match(path.name)),
+        key=lambda path: int(PHASE_DIR_PATTERN.match(path.name).group(1)),  # type: ignore[union-attr]
+    )
+    wanted: list[str] = config.getoption("--phase")
+    unknown = set(wanted) - {path.name for path in found}
+    if unknown:
+        raise pytest.UsageError(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    return [_load_phase(path) for path in found if not wanted or path.name in wanted]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[PHASES_KEY] = _discover_phases(config)
+
+
+PHASES_KEY = pytest.StashKey[list[Phase]]()
+
+
+def _needed(item: pytest.Item | pytest.Metafunc) -> frozenset[str]:
+    markers = (
+        item.iter_markers("needs") if isinstance(item, pytest.Item) else item.definition.iter_markers("needs")
+    )
+    return frozenset(capability for marker in markers for capability in marker.args)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "phase" not in metafunc.fixturenames:
+        return
+    needed = _needed(metafunc)
+    phases = [phase for phase in metafunc.config.stash[PHASES_KEY] if needed <= phase.capabilities]
+    # A test no selected phase can run is deselected in pytest_collection_modifyitems, not skipped.
+    metafunc.parametrize(
+        "phase", phases or [None], ids=[p.name for p in phases] or ["no-phase"], indirect=True
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        has_no_phase = callspec is not None and callspec.params.get("phase", "") is None
+        (deselected if has_no_phase else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+@pytest.fixture
+def phase(request: pytest.FixtureRequest) -> Phase:
+    selected: Phase = request.param
+    return selected
+
+
+@dataclass
+class RunningServer:
+    """A phase started as `python -m <phase> --port 0 ...`, with its output collected in the background."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    _readers: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        """A blocking client socket connected to the server, with a timeout on every operation."""
+        client = socket.create_connection(self.address, timeout=timeout)
+        return client
+
+    def rss_bytes(self) -> int:
+        """The server's resident set size, from /proc."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        kib = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        return kib * 1024
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def stop(self) -> int:
+        """SIGTERM, wait for a clean exit, and return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=SHUTDOWN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for reader in self._readers:
+            reader.join(timeout=SHUTDOWN_TIMEOUT)
+        return self.process.returncode
+
+
+def _collect_lines(stream: object, into: list[str]) -> None:
+    for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+        into.append(raw.decode(errors="replace"))
+
+
+def start_phase(phase: Phase, *args: str) -> RunningServer:
+    """Start a phase on a free port; wait (on its stdout, never by sleeping) for `listening on HOST:PORT`."""
+    command = [sys.executable, "-m", phase.name, "--host", "127.0.0.1", "--port", "0", *args]
+    env = {**os.environ, "PYTHONPATH": str(phase.root), "PYTHONDONTWRITEBYTECODE": "1"}
+    process = subprocess.Popen(
+        command,
+        cwd=phase.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        ready = selector.select(timeout=STARTUP_TIMEOUT)
+    first_line = process.stdout.readline().decode() if ready else ""
+    match = re.fullmatch(r"listening on (\S+):(\d+)\n", first_line)
+    if match is None:
+        process.kill()
+        _, errors = process.communicate(timeout=SHUTDOWN_TIMEOUT)
+        raise AssertionError(
+            f"{' '.join(command)} did not print 'listening on': {first_line!r}\n{errors.decode()}"
+        )
+    server = RunningServer(process, match.group(1), int(match.group(2)), stdout=[first_line])
+    for stream, lines in ((process.stdout, server.stdout), (process.stderr, server.stderr)):
+        reader = threading.Thread(target=_collect_lines, args=(stream, lines), daemon=True)
+        reader.start()
+        server._readers.append(reader)
+    return server
+
+
+@pytest.fixture
+def start_server(phase: Phase) -> Iterator[Callable[..., RunningServer]]:
+    """A factory: `start_server("--idle-timeout", "0.5")`. Every server started is stopped at teardown,
+    and the test fails if one did not exit with status 0 or printed a traceback."""
+    started: list[RunningServer] = []
+
+    def start(*args: str) -> RunningServer:
+        server = start_phase(phase, *args)
+        started.append(server)
+        return server
+
+    yield start
+    problems = []
+    for server in started:
+        exit_code = server.stop()
+        errors = "".join(server.stderr)
+        if exit_code != 0:
+            problems.append(f"server pid {server.pid} exited with {exit_code}:\n{errors}")
+        elif "Traceback" in errors:
+            problems.append(f"server pid {server.pid} printed a traceback:\n{errors}")
+    if problems:
+        pytest.fail("\n".join(problems))
+
+
+@pytest.fixture
+def server(start_server: Callable[..., RunningServer]) -> RunningServer:
+    """The phase running with its default options."""
+    return start_server()
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool (e.g. wrk). Missing: skip with the reason on a reader's machine, but fail
+    in CI (CI=true), where `make test` installs it and its absence is a broken set-up, not a choice."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    reason = f"{name} is not installed (Debian: apt-get install {name})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}, and CI=true requires it")
+    pytest.skip(reason)
