@@ -9,6 +9,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 PHASE ?= $(NEWEST)
 PY_SOURCES := phase*/ tests/ tools/ bench/
+# Material's banner about MkDocs 2 says nothing about our build.
+export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: run test lint typecheck pytest docs serve-docs diffs bench bench-echo flame system-tools clean
 

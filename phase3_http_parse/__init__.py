@@ -1,0 +1,20 @@
+"""Phase 3: HTTP/1.1 on the epoll loop, with an incremental, zero-copy, sans-I/O parser.
+
+The one idea: the protocol is a pure function from bytes to requests (protocol.py), resumable at any byte, and
+the event loop only moves bytes between sockets and that parser. The one accepted tradeoff: the application
+is hard-coded (two routes) until phase 4 brings a router.
+"""
+
+CAPABILITIES = frozenset(
+    {
+        "http",
+        "keep_alive",
+        "pipelining",
+        "expect_continue",
+        "http_limits",
+        "http_timeouts",
+        "concurrent",
+        "max_connections",
+        "trigger_modes",
+    }
+)
