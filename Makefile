@@ -12,7 +12,7 @@ PY_SOURCES := phase*/ tests/ tools/ bench/
 # Material's banner about MkDocs 2 says nothing about our build.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: run test lint typecheck pytest docs serve-docs diffs bench bench-echo flame system-tools clean
+.PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo flame system-tools bench-tools clean
 
 run:  ## serve the newest phase on $(HOST):$(PORT)
 	$(PYTHON) -m $(PHASE) --host $(HOST) --port $(PORT)
@@ -28,6 +28,20 @@ system-tools:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
 	  else echo "note: wrk is not installed (apt-get install wrk); the tests that need it will skip"; fi; \
+	fi
+
+# The benchmark's peers: nginx, and the crate sources of the Rust hyper server. Installed when we are root;
+# otherwise the harness skips each peer whose tool is missing and prints why.
+bench-tools: system-tools
+	@missing=""; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	for package in librust-hyper-dev librust-tokio-dev; do \
+	  dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: not installed:$$missing (apt-get install$$missing); the bench skips what needs them"; fi; \
 	fi
 
 lint: $(STAMP)
@@ -54,13 +68,13 @@ docs: $(STAMP)
 serve-docs: $(STAMP)
 	$(VENV)/bin/mkdocs serve --strict
 
-bench: $(STAMP)
+bench: $(STAMP) bench-tools
 	$(PY) -m bench
 
 bench-echo: $(STAMP)
 	$(PY) -m bench.echo
 
-flame: $(STAMP)
+flame: $(STAMP) system-tools
 	$(PY) -m bench.flame --phase $(PHASE)
 
 clean:

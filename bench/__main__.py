@@ -1,0 +1,459 @@
+"""The bench: every HTTP phase and every peer, under the same wrk scenarios, in one run.
+
+    make bench                                   # everything, with the defaults
+    python -m bench --targets peers --quick      # a quick look at the peers, docs left alone
+    python -m bench --targets phase3_http_parse,nginx --scenarios keepalive-64 --runs 5
+
+For each target and scenario: a fresh server pinned to the server CPUs, a warm-up, then several timed wrk
+runs pinned to the client CPUs, reading the server's CPU time from /proc around each. Then, per target, the
+memory it needs to hold many idle connections. Writes bench/results/<name>.json, the charts under
+docs/assets/bench/ and the tables under docs/generated/bench/, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import charts, cpu, idle, report, targets, wrk
+from bench.progress import Progress
+from bench.results import (
+    IdleMemory,
+    Measurement,
+    Results,
+    Run,
+    ScenarioInfo,
+    Settings,
+    TargetInfo,
+    load,
+    machine_facts,
+    write,
+)
+
+IDLE = "idle"  # the memory test, selectable with --scenarios like the wrk scenarios
+SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in wrk.SCENARIOS}
+NOISY_REPEATS = 2  # a run disturbed by other processes is repeated at most this often; the quietest is kept
+REPEAT_BUDGET_SHARE = 0.25  # and repeats add at most this share of runs to the whole bench
+FD_HEADROOM = 1000  # descriptors beyond the idle connections: listening sockets, logs, /proc reads
+
+# --8<-- [start:defaults]
+DEFAULTS = {"runs": 3, "duration": 5, "warmup": 2, "idle_connections": 10_000, "name": "latest"}
+QUICK = {"runs": 1, "duration": 1, "warmup": 0, "idle_connections": 1_000, "name": "quick"}
+# --8<-- [end:defaults]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a run writes, under one root (the repository, or a test's temporary directory)."""
+
+    root: Path
+    name: str
+
+    @property
+    def results(self) -> Path:
+        return self.root / "bench" / "results" / f"{self.name}.json"
+
+    @property
+    def charts(self) -> Path:
+        return self.root / "docs" / "assets" / "bench"
+
+    @property
+    def tables(self) -> Path:
+        return self.root / "docs" / "generated" / "bench"
+
+
+def parse_cpus(text: str) -> set[int]:
+    """'1' -> {1}; '0-2,5' -> {0, 1, 2, 5}: the list syntax of taskset and /sys."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--targets",
+        default="all",
+        help="comma-separated: phase or peer names, or the groups phases, peers, all (default: all);"
+        f" peers: {', '.join(peer.name for peer in targets.PEERS)}",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join([*SCENARIOS_BY_NAME, IDLE]),
+        help=f"comma-separated, from: {', '.join([*SCENARIOS_BY_NAME, IDLE])} (default: all)",
+    )
+    parser.add_argument("--runs", type=int, help=f"timed runs per scenario (default {DEFAULTS['runs']})")
+    parser.add_argument(
+        "--duration",
+        type=int,
+        help=f"seconds per run, whole seconds for wrk (default {DEFAULTS['duration']})",
+    )
+    parser.add_argument(
+        "--warmup", type=int, help=f"warm-up seconds, 0 for none (default {DEFAULTS['warmup']})"
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        help=f"connections held open by the memory test (default {DEFAULTS['idle_connections']:,})",
+    )
+    parser.add_argument("--server-cpus", default="1", help="CPUs for the server and its children (default 1)")
+    parser.add_argument("--client-cpus", default="0", help="CPUs for wrk and this harness (default 0)")
+    parser.add_argument("--name", help="results file: bench/results/NAME.json (default latest, or quick)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a look, not a measurement: 1 run of 1 s, no warm-up, 1,000 idle connections;"
+        " writes bench/results/quick.json only, not the docs",
+    )
+    parser.add_argument("--no-docs", action="store_true", help="write the results file only")
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: regenerate the charts and tables from an existing results file",
+    )
+    parser.add_argument(
+        "--output-root",
+        type=Path,
+        default=targets.REPO_ROOT,
+        help="write bench/results/, docs/assets/bench/ and docs/generated/bench/ under this directory"
+        " (default: the repository)",
+    )
+    options = parser.parse_args(argv)
+    preset = QUICK if options.quick else DEFAULTS
+    for key, value in preset.items():
+        if getattr(options, key) is None:
+            setattr(options, key, value)
+    options.no_docs = options.no_docs or options.quick
+    return options
+
+
+def missing_tools() -> list[str]:
+    needed = {"wrk": "apt-get install wrk", "taskset": "apt-get install util-linux"}
+    return [
+        f"{tool} is not installed (Debian: {install})"
+        for tool, install in needed.items()
+        if not shutil.which(tool)
+    ]
+
+
+def check_cpus(server: set[int], client: set[int]) -> str | None:
+    usable = os.sched_getaffinity(0)
+    for role, cpus in (("server", server), ("client", client)):
+        if not cpus <= usable:
+            return f"--{role}-cpus {sorted(cpus)}: this machine offers CPUs {sorted(usable)} only"
+    return None
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's descriptor limit (servers and wrk inherit it); return what we got."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))  # root may raise the hard limit
+            return wanted
+        except (ValueError, PermissionError):
+            wanted = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    return max(soft, wanted)
+
+
+# --------------------------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class RepeatBudget:
+    """Repeats of noisy runs left for the whole bench, so that a busy machine cannot make it run for ever."""
+
+    left: int
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+def measure(
+    target: targets.Target,
+    scenario: wrk.Scenario,
+    settings: Settings,
+    progress: Progress,
+    scratch: Path,
+    *,
+    repeats: RepeatBudget,
+) -> Measurement:
+    """A fresh server, a warm-up, then the timed runs; any failure is recorded, never raised."""
+    label = f"{target.name} | {scenario.name}"
+    progress.step(f"{label} | starting")
+    try:
+        server = targets.start(target, settings.server_cpus, scratch)
+    except targets.TargetFailed as error:
+        progress.note(f"{label}: {error}")
+        return Measurement(target.name, scenario.name, [], [], [], None, str(error))
+    timed_command = wrk.command(scenario, server.url, settings.duration_s, settings.client_cpus)
+    runs: list[Run] = []
+    discarded: list[Run] = []
+    peak_rss: int | None = None
+    failure: str | None = None
+    try:
+        if settings.warmup_s > 0:
+            progress.step(f"{label} | warm-up")
+            warmup = wrk.command(scenario, server.url, settings.warmup_s, settings.client_cpus)
+            wrk.run(warmup, settings.warmup_s)
+        for number in range(1, settings.runs + 1):
+            progress.step(f"{label} | run {number}/{settings.runs}")
+            attempts = [timed_run(server, timed_command, settings.duration_s)]
+            while attempts[-1].noisy and len(attempts) <= NOISY_REPEATS and repeats.take():
+                share = attempts[-1].other_cpu_share
+                progress.note(
+                    f"{label}: other processes used {share:.0%} of a core during run {number}; again"
+                )
+                attempts.append(timed_run(server, timed_command, settings.duration_s))
+            kept = min(attempts, key=lambda attempt: attempt.other_cpu_share)
+            runs.append(kept)
+            discarded += [attempt for attempt in attempts if attempt is not kept]
+        peak_rss = cpu.tree_peak_rss_bytes(server.pid)
+    except (wrk.WrkError, targets.TargetFailed) as error:
+        failure = str(error)
+        progress.note(f"{label}: {failure}")
+    finally:
+        server.stop()
+    return Measurement(
+        target.name, scenario.name, server.command, timed_command, runs, peak_rss, failure, discarded
+    )
+
+
+def timed_run(server: targets.RunningTarget, wrk_command: list[str], duration_s: int) -> Run:
+    """One wrk run, with the CPU time of the server's tree and of the whole machine read around it."""
+    server_before, machine_before = cpu.tree_cpu_seconds(server.pid), cpu.machine_cpu_seconds()
+    result, client_cpu_s = wrk.run(wrk_command, duration_s)
+    machine_cpu_s = cpu.machine_cpu_seconds() - machine_before
+    if (gone := server.exited()) is not None:
+        raise targets.TargetFailed(gone)
+    server_cpu_s = cpu.tree_cpu_seconds(server.pid) - server_before
+    return Run(
+        requests=result.requests,
+        duration_s=result.duration_s,
+        bytes=result.bytes,
+        errors=result.errors,
+        latency_us=result.latency_us,
+        server_cpu_s=round(server_cpu_s, 3),
+        client_cpu_s=round(client_cpu_s, 3),
+        machine_cpu_s=round(machine_cpu_s, 3),
+    )
+
+
+def measure_idle(target: targets.Target, settings: Settings, progress: Progress, scratch: Path) -> IdleMemory:
+    count = settings.idle_connections
+    progress.step(f"{target.name} | {IDLE} | {count:,} connections")
+    try:
+        server = targets.start(target, settings.server_cpus, scratch)
+    except targets.TargetFailed as error:
+        progress.note(f"{target.name} | {IDLE}: {error}")
+        return IdleMemory(target.name, [], count, 0, 0, 0, 0.0, str(error))
+    try:
+        outcome = idle.hold_idle_connections(server, count)
+    finally:
+        server.stop()
+    if outcome.failure:
+        progress.note(f"{target.name} | {IDLE}: {outcome.failure}")
+    return IdleMemory(
+        target=target.name,
+        server_command=server.command,
+        connections_requested=count,
+        connections_held=outcome.held_by_server,
+        rss_before_bytes=outcome.rss_before_bytes,
+        rss_after_bytes=outcome.rss_after_bytes,
+        seconds_to_open=round(outcome.seconds_to_open, 3),
+        failure=outcome.failure,
+    )
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def write_outputs(results: Results, paths: Paths, with_docs: bool) -> list[Path]:
+    write(results, paths.results)
+    written = [paths.results]
+    if with_docs:
+        source = paths.results.relative_to(paths.root).as_posix()
+        written += report.write_markdown(results, paths.tables, source)
+        written += charts.write_charts(results, paths.charts)
+    return written
+
+
+def regenerate(options: argparse.Namespace) -> int:
+    results = load(options.from_results)
+    paths = Paths(options.output_root, results.name)
+    source = options.from_results.resolve()
+    shown = (
+        source.relative_to(paths.root.resolve()).as_posix()
+        if source.is_relative_to(paths.root.resolve())
+        else str(source)
+    )
+    written = report.write_markdown(results, paths.tables, shown) + charts.write_charts(results, paths.charts)
+    print(report.terminal_summary(results))
+    print("\nwrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+class UsageError(Exception):
+    """A run that cannot start as asked: the message says why."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: Settings
+    targets: list[targets.Target]
+    scenarios: list[wrk.Scenario]
+    with_idle: bool
+    skipped: dict[str, str]
+
+    @property
+    def steps(self) -> int:
+        per_scenario = 1 + (self.settings.warmup_s > 0) + self.settings.runs
+        return len(self.targets) * (len(self.scenarios) * per_scenario + self.with_idle)
+
+    @property
+    def minutes(self) -> int:
+        settings = self.settings
+        per_scenario = settings.warmup_s + settings.runs * settings.duration_s + 1
+        per_target = len(self.scenarios) * per_scenario + self.with_idle * 10
+        return len(self.targets) * per_target // 60 + 1
+
+
+def plan(options: argparse.Namespace) -> Plan:
+    """Check the machine and the options, and decide what to measure; UsageError if nothing can be."""
+    if problems := missing_tools():
+        raise UsageError("cannot run the bench:\n  " + "\n  ".join(problems))
+    server_cpus, client_cpus = parse_cpus(options.server_cpus), parse_cpus(options.client_cpus)
+    if (problem := check_cpus(server_cpus, client_cpus)) is not None:
+        raise UsageError(problem)
+    if server_cpus & client_cpus:
+        print("note: server and client share CPUs; expect noisy, lower numbers", file=sys.stderr)
+    known_scenarios = [*SCENARIOS_BY_NAME, IDLE]
+    scenario_names = options.scenarios.split(",")
+    if unknown := [name for name in scenario_names if name not in known_scenarios]:
+        raise UsageError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(known_scenarios)}")
+    try:
+        chosen = targets.select(options.targets.split(","), targets.discover_phases())
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    skipped: dict[str, str] = {}
+    for target in chosen:
+        if (reason := target.missing()) is not None:
+            print(f"skipping {target.name}: {reason}", file=sys.stderr)
+            skipped[target.name] = reason
+    if len(skipped) == len(chosen):
+        raise UsageError("nothing to measure: every target chosen is missing")
+    settings = Settings(
+        runs=options.runs,
+        duration_s=options.duration,
+        warmup_s=options.warmup,
+        server_cpus=options.server_cpus,
+        client_cpus=options.client_cpus,
+        idle_connections=options.idle_connections,
+    )
+    return Plan(
+        settings=settings,
+        targets=[target for target in chosen if target.name not in skipped],
+        scenarios=[SCENARIOS_BY_NAME[name] for name in scenario_names if name != IDLE],
+        with_idle=IDLE in scenario_names,
+        skipped=skipped,
+    )
+
+
+def run(plan: Plan, name: str, command: list[str]) -> Results:
+    settings = plan.settings
+    created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    started = time.monotonic()
+    machine = machine_facts(targets.nginx_path(), targets.HYPER_DIR / "Cargo.lock")
+    measurements: list[Measurement] = []
+    idle_results: list[IdleMemory] = []
+    planned_runs = len(plan.targets) * len(plan.scenarios) * settings.runs
+    repeats = RepeatBudget(round(planned_runs * REPEAT_BUDGET_SHARE))
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch, Progress(plan.steps) as progress:
+        for target in plan.targets:
+            target_scratch = Path(scratch) / target.name
+            start_failure: str | None = None  # a target that did not start once is not tried again
+            for scenario in plan.scenarios:
+                if start_failure is not None:
+                    measurements.append(
+                        Measurement(target.name, scenario.name, [], [], [], None, start_failure)
+                    )
+                    continue
+                measurement = measure(target, scenario, settings, progress, target_scratch, repeats=repeats)
+                measurements.append(measurement)
+                if not measurement.server_command:
+                    start_failure = measurement.failure
+            if plan.with_idle and start_failure is not None:
+                count = settings.idle_connections
+                idle_results.append(IdleMemory(target.name, [], count, 0, 0, 0, 0.0, start_failure))
+            elif plan.with_idle:
+                idle_results.append(measure_idle(target, settings, progress, target_scratch))
+    return Results(
+        name=name,
+        created=created,
+        machine=machine,
+        settings=settings,
+        command=command,
+        targets=[TargetInfo(t.name, t.kind, t.description) for t in plan.targets],
+        scenarios=[
+            ScenarioInfo(s.name, s.title, s.connections, s.pipeline_depth, s.close) for s in plan.scenarios
+        ],
+        skipped=plan.skipped,
+        measurements=measurements,
+        idle=idle_results,
+        elapsed_s=round(time.monotonic() - started),
+    )
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """`kill PID` ends the bench like Ctrl-C does: through the finally blocks that stop the servers."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    options = parse_arguments(argv)
+    if options.from_results is not None:
+        return regenerate(options)
+    try:
+        chosen = plan(options)
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return 2
+    # The harness (and the asyncio client of the memory test) stays off the server's CPUs too.
+    os.sched_setaffinity(0, parse_cpus(options.client_cpus))
+    wanted_fds = chosen.settings.idle_connections + FD_HEADROOM
+    if (fd_limit := raise_fd_limit(wanted_fds)) < wanted_fds:
+        print(f"note: the descriptor limit, {fd_limit}, is low for the memory test", file=sys.stderr)
+    print(
+        f"measuring {len(chosen.targets)} target(s), {len(chosen.scenarios)} scenario(s)"
+        f"{' and the memory test' if chosen.with_idle else ''}: about {chosen.minutes} min",
+        file=sys.stderr,
+    )
+    command = [sys.executable, "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
+    results = run(chosen, options.name, command)
+    written = write_outputs(results, Paths(options.output_root, options.name), with_docs=not options.no_docs)
+    print(report.terminal_summary(results))
+    print("\nwrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""The results file, bench/results/<name>.json: every run's raw figures, the machine, the exact commands.
+
+Only raw figures are stored per run (requests, seconds, CPU seconds, latencies); everything the docs show is
+derived from them here, by one set of functions, so a table can always be traced back to its runs. Each
+measurement also carries a `summary` (median, min, max) for readers of the JSON; loading ignores it and
+recomputes. The tradeoff: the schema is plain dataclasses checked by hand, not a schema library, so it stays
+readable; `SCHEMA_VERSION` changes whenever a field does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+# A run during which other processes used more than this share of a core is noisy: the bench repeats it.
+NOISY_OTHER_SHARE = 0.25
+PEER_PACKAGES = ("aiohttp", "granian", "gunicorn", "httptools", "uvicorn", "uvloop", "matplotlib", "py-spy")
+
+
+class SchemaError(ValueError):
+    """A results file that does not have the shape this code writes."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed wrk run against one server: raw figures only."""
+
+    requests: int
+    duration_s: float
+    bytes: int
+    errors: dict[str, int]
+    latency_us: dict[str, float]
+    server_cpu_s: float  # user + system of the server's process tree during the run
+    client_cpu_s: float  # the same for wrk
+    machine_cpu_s: float  # the same for every process on the machine, from /proc/stat
+
+    @property
+    def other_cpu_s(self) -> float:
+        """CPU time used during the run by neither the server nor wrk: noise from the rest of the machine."""
+        return max(0.0, self.machine_cpu_s - self.server_cpu_s - self.client_cpu_s)
+
+    @property
+    def other_cpu_share(self) -> float:
+        return self.other_cpu_s / self.duration_s
+
+    @property
+    def noisy(self) -> bool:
+        return self.other_cpu_share > NOISY_OTHER_SHARE
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.duration_s
+
+    @property
+    def requests_per_server_cpu_s(self) -> float | None:
+        return self.requests / self.server_cpu_s if self.server_cpu_s > 0 else None
+
+    @property
+    def server_cpu_us_per_request(self) -> float | None:
+        return self.server_cpu_s * 1e6 / self.requests if self.requests else None
+
+    @property
+    def server_cpu_share(self) -> float:
+        """How busy the server's CPU was: 1.0 is one core fully used."""
+        return self.server_cpu_s / self.duration_s
+
+    @property
+    def client_cpu_share(self) -> float:
+        """How busy wrk was: near 1.0, the client, not the server, limited the throughput."""
+        return self.client_cpu_s / self.duration_s
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of several runs, and their extremes: the noise is part of the result."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float | None]) -> Spread | None:
+        present = [value for value in values if value is not None]
+        if not present:
+            return None
+        return cls(statistics.median(present), min(present), max(present))
+
+
+# The figures summarized over runs, by name: the tables and charts pick from these.
+FIGURES: dict[str, Callable[[Run], float | None]] = {
+    "requests_per_s": lambda run: run.requests_per_s,
+    "requests_per_server_cpu_s": lambda run: run.requests_per_server_cpu_s,
+    "server_cpu_us_per_request": lambda run: run.server_cpu_us_per_request,
+    "server_cpu_share": lambda run: run.server_cpu_share,
+    "client_cpu_share": lambda run: run.client_cpu_share,
+    "p50_us": lambda run: run.latency_us.get("p50"),
+    "p90_us": lambda run: run.latency_us.get("p90"),
+    "p99_us": lambda run: run.latency_us.get("p99"),
+    "p99.9_us": lambda run: run.latency_us.get("p99.9"),
+    "errors": lambda run: float(run.error_count),
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One target under one scenario: a fresh server, a warm-up, then `runs`."""
+
+    target: str
+    scenario: str
+    server_command: list[str]
+    wrk_command: list[str]
+    runs: list[Run]
+    peak_rss_bytes: int | None  # sum of VmHWM over the server's process tree, warm-up included
+    failure: str | None = None  # why the measurement stopped early, if it did
+    discarded_runs: list[Run] = field(default_factory=list)  # noisy runs that were repeated
+
+    @property
+    def noisy(self) -> bool:
+        """Most of its kept runs were noisy still, after the repeats."""
+        return sum(run.noisy for run in self.runs) * 2 > len(self.runs)
+
+    def spread(self, figure: str) -> Spread | None:
+        return Spread.of([FIGURES[figure](run) for run in self.runs])
+
+    def summary(self) -> dict[str, dict[str, float] | None]:
+        return {
+            name: dataclasses.asdict(spread) if (spread := self.spread(name)) else None for name in FIGURES
+        }
+
+
+@dataclass(frozen=True)
+class IdleMemory:
+    """Memory held by a server with many idle keep-alive connections open."""
+
+    target: str
+    server_command: list[str]
+    connections_requested: int
+    connections_held: int  # open descriptors in the server's tree, minus those it had before
+    rss_before_bytes: int
+    rss_after_bytes: int
+    seconds_to_open: float
+    failure: str | None = None
+
+    @property
+    def bytes_per_connection(self) -> float | None:
+        if self.failure is not None or self.connections_held <= 0:
+            return None
+        return (self.rss_after_bytes - self.rss_before_bytes) / self.connections_held
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    name: str
+    kind: Literal["phase", "peer"]
+    description: str
+
+
+@dataclass(frozen=True)
+class ScenarioInfo:
+    name: str
+    title: str
+    connections: int
+    pipeline_depth: int
+    close: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    runs: int
+    duration_s: int
+    warmup_s: int
+    server_cpus: str
+    client_cpus: str
+    idle_connections: int
+
+
+@dataclass(frozen=True)
+class Results:
+    name: str
+    created: str  # UTC, ISO 8601
+    machine: dict[str, Any]
+    settings: Settings
+    command: list[str]  # how the harness itself was invoked
+    targets: list[TargetInfo]
+    scenarios: list[ScenarioInfo]
+    skipped: dict[str, str]  # target name -> why it was not measured
+    measurements: list[Measurement]
+    idle: list[IdleMemory]
+    elapsed_s: float | None = None  # how long the whole bench took
+    schema_version: int = SCHEMA_VERSION
+
+    def measurement(self, target: str, scenario: str) -> Measurement | None:
+        found = (m for m in self.measurements if m.target == target and m.scenario == scenario)
+        return next(found, None)
+
+    def idle_for(self, target: str) -> IdleMemory | None:
+        return next((idle for idle in self.idle if idle.target == target), None)
+
+    def to_json(self) -> dict[str, Any]:
+        document = dataclasses.asdict(self)
+        for raw, measurement in zip(document["measurements"], self.measurements, strict=True):
+            raw["summary"] = measurement.summary()
+        for raw, idle in zip(document["idle"], self.idle, strict=True):
+            raw["bytes_per_connection"] = idle.bytes_per_connection
+        return document
+
+
+def write(results: Results, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results.to_json(), indent=2, sort_keys=False) + "\n")
+
+
+def load(path: Path) -> Results:
+    return from_json(json.loads(path.read_text()))
+
+
+def _build(cls: type[Any], raw: dict[str, Any], **nested: Any) -> Any:
+    """Construct a dataclass from a dict, with a SchemaError naming any missing field."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    absent = [name for name in required if name not in raw and name not in nested]
+    if absent:
+        raise SchemaError(f"{cls.__name__} is missing {', '.join(absent)}")
+    return cls(**{name: raw[name] for name in names if name in raw and name not in nested}, **nested)
+
+
+def from_json(raw: dict[str, Any]) -> Results:
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"schema_version is {version!r}; this code reads version {SCHEMA_VERSION}")
+    try:
+        return _build(  # type: ignore[no-any-return]
+            Results,
+            raw,
+            settings=_build(Settings, raw["settings"]),
+            targets=[_build(TargetInfo, item) for item in raw["targets"]],
+            scenarios=[_build(ScenarioInfo, item) for item in raw["scenarios"]],
+            measurements=[
+                _build(
+                    Measurement,
+                    item,
+                    runs=[_build(Run, run) for run in item["runs"]],
+                    discarded_runs=[_build(Run, run) for run in item.get("discarded_runs", [])],
+                )
+                for item in raw["measurements"]
+            ],
+            idle=[_build(IdleMemory, item) for item in raw["idle"]],
+        )
+    except (KeyError, TypeError) as error:
+        raise SchemaError(f"malformed results: {error}") from error
+
+
+# --------------------------------------------------------------------------------------------- machine
+
+
+def _first_line(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    output = (done.stdout + done.stderr).strip()
+    return output.splitlines()[0] if output else None
+
+
+def cpu_model(cpuinfo: str) -> str:
+    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    return match.group(1).strip() if match else platform.processor() or "unknown"
+
+
+def package_versions(names: tuple[str, ...] = PEER_PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_facts(nginx: str | None, hyper_lock: Path | None) -> dict[str, Any]:
+    """What a reader needs to compare their numbers with ours."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    hyper_version = None
+    if hyper_lock is not None and hyper_lock.exists():
+        found = re.search(r'name = "hyper"\nversion = "([^"]+)"', hyper_lock.read_text())
+        hyper_version = found.group(1) if found else None
+    return {
+        "cpu_model": cpu_model(cpuinfo),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "python_executable": sys.executable,
+        "packages": package_versions(),
+        "wrk": (_first_line(["wrk", "--version"]) or "").partition(" Copyright")[0] or None,
+        "nginx": _first_line([nginx, "-v"]) if nginx else None,
+        "hyper": hyper_version,
+        "load_average_at_start": os.getloadavg(),  # a busy machine makes noisy numbers
+    }
+
+
+def _os_name() -> str | None:
+    try:
+        return platform.freedesktop_os_release().get("PRETTY_NAME")
+    except OSError:
+        return None

@@ -1,0 +1,387 @@
+"""The servers we measure, and how each one is started, checked and stopped.
+
+A target is either one of our HTTP phases or a peer: a well-known server serving the same hello world. Each is
+started the same way: on a port we choose, pinned to the server CPUs with `taskset`, in its own process group
+(nginx, gunicorn and granian fork workers; stopping the group stops them all), with its output in a log file.
+It counts as ready once `GET /` answers 200 `text/plain` `Hello, World!`: the same check for every target, so
+no target is measured serving something else. A peer whose tool is missing is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+PHASE_DIR_PATTERN = re.compile(r"^phase(\d+)_\w+$")
+HOST = "127.0.0.1"
+EXPECTED_BODY = b"Hello, World!"
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+# A target's command line, given the port it must listen on and a scratch directory for its files.
+CommandFactory = Callable[[int, Path], list[str]]
+
+
+class TargetFailed(Exception):
+    """A target did not start, did not answer correctly, or died: the message says which, with its log."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    kind: Literal["phase", "peer"]
+    description: str
+    command: CommandFactory
+    # None when the target can run here; otherwise why not, in words a reader can act on.
+    missing: Callable[[], str | None] = lambda: None
+
+
+# --------------------------------------------------------------------------------------------- our phases
+
+
+def _phase_command(name: str) -> CommandFactory:
+    def command(port: int, scratch: Path) -> list[str]:
+        return [sys.executable, "-m", name, "--host", HOST, "--port", str(port)]
+
+    return command
+
+
+def phase_capabilities(package_dir: Path) -> frozenset[str]:
+    """The CAPABILITIES frozenset of a phase package (imported from the repository root)."""
+    if str(package_dir.parent) not in sys.path:
+        sys.path.insert(0, str(package_dir.parent))
+    capabilities: object = getattr(importlib.import_module(package_dir.name), "CAPABILITIES", None)
+    if not isinstance(capabilities, frozenset):
+        raise ValueError(f"{package_dir}/__init__.py must define CAPABILITIES = frozenset({{...}})")
+    return frozenset(str(capability) for capability in capabilities)
+
+
+def discover_phases(root: Path = REPO_ROOT) -> list[Target]:
+    """Every phase package at the repository root that speaks HTTP, in phase order."""
+    found = []
+    for path in root.iterdir():
+        match = PHASE_DIR_PATTERN.match(path.name)
+        if match and (path / "__init__.py").is_file() and "http" in phase_capabilities(path):
+            found.append((int(match.group(1)), path.name))
+    return [
+        Target(name, "phase", f"this repository's {name}", _phase_command(name)) for _, name in sorted(found)
+    ]
+
+
+# --------------------------------------------------------------------------------------------- the peers
+
+
+def _python_modules_missing(*modules: str) -> Callable[[], str | None]:
+    def missing() -> str | None:
+        absent = [module for module in modules if importlib.util.find_spec(module) is None]
+        if not absent:
+            return None
+        return f"Python package(s) {', '.join(absent)} not installed (pip install '.[bench]')"
+
+    return missing
+
+
+def _python_module(arguments: str) -> CommandFactory:
+    """`python -m ARGUMENTS`, with {host} and {port} filled in. Run from the repository root, where the
+    `bench.peers` apps import."""
+
+    def command(port: int, scratch: Path) -> list[str]:
+        return [sys.executable, "-m", *arguments.format(host=HOST, port=port).split()]
+
+    return command
+
+
+def nginx_path() -> str | None:
+    # Debian puts nginx in /usr/sbin, which is not on a normal user's PATH.
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+def _nginx_missing() -> str | None:
+    return None if nginx_path() else "nginx is not installed (Debian: apt-get install nginx)"
+
+
+def _nginx_command(port: int, scratch: Path) -> list[str]:
+    template = string.Template((PEERS_DIR / "nginx.conf").read_text())
+    (scratch / "nginx.conf").write_text(template.substitute(prefix=scratch, port=port))
+    nginx = nginx_path()
+    assert nginx is not None, "checked by _nginx_missing"
+    # -e: nginx opens its default error log before reading the config; point that one here too.
+    return [nginx, "-p", str(scratch), "-c", "nginx.conf", "-e", str(scratch / "error.log")]
+
+
+HYPER_DIR = PEERS_DIR / "hyper"
+HYPER_BINARY = HYPER_DIR / "target" / "release" / "hello-hyper"
+DEBIAN_CRATES = Path("/usr/share/cargo/registry")
+HYPER_CRATES = ("hyper-0.14", "tokio-1.")
+# Cargo reads crates from Debian's packaged sources instead of the network: a "source replacement".
+CARGO_CONFIG = f"""\
+[source.crates-io]
+replace-with = "debian"
+
+[source.debian]
+directory = "{DEBIAN_CRATES}"
+
+[net]
+offline = true
+"""
+
+
+def cargo_path() -> str | None:
+    return shutil.which("cargo") or shutil.which("cargo", path=str(Path.home() / ".cargo" / "bin"))
+
+
+def _hyper_missing() -> str | None:
+    """Build the hyper peer on first use (offline, ~20 s); None once the binary is there."""
+    sources = [HYPER_DIR / "Cargo.toml", *sorted((HYPER_DIR / "src").glob("*.rs"))]
+    newest_source = max(path.stat().st_mtime for path in sources)
+    if HYPER_BINARY.exists() and HYPER_BINARY.stat().st_mtime >= newest_source:
+        return None
+    cargo = cargo_path()
+    if cargo is None:
+        return "cargo is not installed (https://rustup.rs, or Debian: apt-get install cargo)"
+    crates = [entry.name for entry in DEBIAN_CRATES.iterdir()] if DEBIAN_CRATES.is_dir() else []
+    if not all(any(crate.startswith(prefix) for crate in crates) for prefix in HYPER_CRATES):
+        return (
+            f"the hyper and tokio crate sources are not in {DEBIAN_CRATES}"
+            " (Debian: apt-get install librust-hyper-dev librust-tokio-dev)"
+        )
+    config = HYPER_DIR / "target" / "cargo-config.toml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(CARGO_CONFIG)
+    print(f"building the hyper peer: cargo build --release in {HYPER_DIR} (once)", flush=True)
+    build = subprocess.run(
+        [cargo, "--config", str(config), "build", "--offline", "--release", "--quiet"],
+        cwd=HYPER_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if build.returncode != 0:
+        return f"cargo build failed:\n{build.stderr[-2000:]}"
+    return None
+
+
+def _hyper_command(port: int, scratch: Path) -> list[str]:
+    return [str(HYPER_BINARY), "--host", HOST, "--port", str(port)]
+
+
+PEERS = (
+    Target(
+        "nginx",
+        "peer",
+        "nginx, 1 worker process, access log off (C)",
+        _nginx_command,
+        _nginx_missing,
+    ),
+    Target(
+        "hyper",
+        "peer",
+        "hyper 0.14 on a current-thread tokio runtime, what Axum runs on (Rust)",
+        _hyper_command,
+        _hyper_missing,
+    ),
+    Target(
+        "granian",
+        "peer",
+        "granian, RSGI app, 1 worker, 1 runtime thread (Rust server, Python app)",
+        _python_module(
+            "granian --interface rsgi --host {host} --port {port} --http 1 --no-ws --workers 1"
+            " --runtime-mode st --runtime-threads 1 --loop uvloop --backlog 2048 --backpressure 16384"
+            " --no-access-log --log-level warning bench.peers.rsgi_app:app"
+        ),
+        _python_modules_missing("granian", "uvloop"),
+    ),
+    Target(
+        "uvicorn",
+        "peer",
+        "uvicorn with uvloop and httptools, raw ASGI app (Python; C and Cython loop and parser)",
+        _python_module(
+            "uvicorn --host {host} --port {port} --loop uvloop --http httptools --lifespan off"
+            " --no-access-log --log-level warning --backlog 2048 --timeout-keep-alive 75"
+            " bench.peers.asgi_app:app"
+        ),
+        _python_modules_missing("uvicorn", "uvloop", "httptools"),
+    ),
+    Target(
+        "aiohttp",
+        "peer",
+        "aiohttp web server on the standard asyncio loop (Python, C parser)",
+        _python_module("bench.peers.aiohttp_app --host {host} --port {port}"),
+        _python_modules_missing("aiohttp"),
+    ),
+    Target(
+        "gunicorn",
+        "peer",
+        "gunicorn, 1 gthread worker with 4 threads, WSGI app (Python)",
+        _python_module(
+            "gunicorn --bind {host}:{port} --worker-class gthread --workers 1 --threads 4"
+            " --worker-connections 16384 --keep-alive 75 --backlog 2048 --log-level warning"
+            " bench.peers.wsgi_app:app"
+        ),
+        _python_modules_missing("gunicorn"),
+    ),
+    Target(
+        "stdlib",
+        "peer",
+        "the standard library's ThreadingHTTPServer, HTTP/1.1, a thread per connection (Python)",
+        _python_module("bench.peers.stdlib_app --host {host} --port {port}"),
+    ),
+)
+
+
+def select(names: list[str], phases: list[Target]) -> list[Target]:
+    """The targets named, in the order given. `phases`, `peers` and `all` stand for groups."""
+    by_name = {target.name: target for target in [*phases, *PEERS]}
+    groups = {"phases": phases, "peers": list(PEERS), "all": [*phases, *PEERS]}
+    chosen: list[Target] = []
+    for name in names:
+        if name in groups:
+            named = groups[name]
+        elif name in by_name:
+            named = [by_name[name]]
+        else:
+            raise ValueError(f"unknown target {name!r} (known: {', '.join([*groups, *by_name])})")
+        chosen.extend(target for target in named if target not in chosen)
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def check_hello(port: int, timeout: float = 2.0) -> str | None:
+    """None if `GET /` answers the bench's hello world; otherwise what is wrong. Raises OSError if no server
+    accepts the connection yet."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    media_type = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
+    if response.status != 200 or media_type != "text/plain" or body != EXPECTED_BODY:
+        return (
+            f"GET / answered {response.status}, Content-Type {media_type or 'missing'!r}, body {body[:60]!r};"
+            f" the bench expects 200, 'text/plain', {EXPECTED_BODY!r}"
+        )
+    return None
+
+
+@dataclass
+class RunningTarget:
+    """A target started by `start`: stop it with `stop`, which ends its whole process group."""
+
+    target: Target
+    process: subprocess.Popen[bytes]
+    port: int
+    command: list[str]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/"
+
+    def log_tail(self, characters: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-characters:]
+        except FileNotFoundError:
+            return ""
+
+    def exited(self) -> str | None:
+        """Why the server is gone, or None while it runs."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        return f"{self.target.name} exited with status {code}; its output ends with:\n{self.log_tail()}"
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, then SIGKILL to whatever is left of it after a grace period (a worker
+        that outlived its master). The group is ours: start_new_session made the server its leader."""
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+        _signal_group(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def _signal_group(process_group: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(process_group, sig)
+    except ProcessLookupError:  # the whole group has exited already
+        pass
+
+
+def pinned(cpus: str, command: list[str]) -> list[str]:
+    """`taskset` execs the command: the pid we get is the server's own, and its children inherit the CPUs."""
+    return ["taskset", "--cpu-list", cpus, *command]
+
+
+def start(target: Target, cpus: str, scratch: Path) -> RunningTarget:
+    """Start a target pinned to `cpus` and return once it serves the hello world; TargetFailed otherwise."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = pinned(cpus, target.command(port, scratch))
+    log_path = scratch / f"{target.name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = RunningTarget(target, process, port, command, log_path)
+    try:
+        _wait_until_ready(running)
+    except TargetFailed:
+        running.stop()
+        raise
+    return running
+
+
+def _wait_until_ready(running: RunningTarget) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if (reason := running.exited()) is not None:
+            raise TargetFailed(reason)
+        try:
+            problem = check_hello(running.port)
+        except (OSError, http.client.HTTPException):
+            time.sleep(0.05)  # not listening yet: polling is the only portable way for every target
+            continue
+        if problem is not None:
+            raise TargetFailed(f"{running.target.name}: {problem}")
+        return
+    raise TargetFailed(
+        f"{running.target.name} did not answer GET / within {STARTUP_TIMEOUT:.0f} s:\n{running.log_tail()}"
+    )

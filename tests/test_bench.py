@@ -1,0 +1,430 @@
+"""The bench harness: reading wrk's output, counting a process tree's CPU and memory, the results schema, the
+reports, and one end-to-end run of the real harness against a phase and a peer.
+
+These tests check that the harness measures correctly, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import charts, cpu, report, results, targets, wrk
+from bench.__main__ import parse_cpus
+from conftest import REPO_ROOT, Phase, require_tool
+
+# Captured from `wrk -s bench/lua/report.lua` (wrk 4.1.0): its own report, then our hook's line.
+WRK_JSON = {
+    "duration_us": 1099961,
+    "requests": 39770,
+    "bytes": 4573550,
+    "errors": {"connect": 0, "read": 39770, "write": 0, "status": 0, "timeout": 0},
+    "latency_us": {
+        "mean": 49.66,
+        "stdev": 44.88,
+        "max": 1074,
+        "percentiles": {"50": 43, "90": 68, "99": 257, "99.9": 614},
+    },
+}
+WRK_HUMAN_REPORT = """\
+Running 1s test @ http://127.0.0.1:8099/
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    49.66us   44.88us   1.07ms   96.52%
+    Req/Sec    36.45k     3.14k   39.48k    81.82%
+  39770 requests in 1.10s, 4.36MB read
+  Socket errors: connect 0, read 39770, write 0, timeout 0
+Requests/sec:  36155.83
+Transfer/sec:      3.97MB
+"""
+WRK_OUTPUT = f"{WRK_HUMAN_REPORT}wrk-json: {json.dumps(WRK_JSON)}\n"
+
+# /proc/PID/stat of a process whose name holds a space and a parenthesis, as a command name may.
+STAT_LINE = (
+    "4242 (odd) name) S 4000 4242 4242 0 -1 4194560 300 0 0 0 "
+    "150 25 7 3 20 0 1 0 1000 10000000 500 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
+)
+
+
+# --------------------------------------------------------------------------------------------- wrk
+
+
+def test_parse_output_reads_the_lua_json_line() -> None:
+    result = wrk.parse_output(WRK_OUTPUT)
+    assert result.requests == 39770
+    assert result.duration_s == pytest.approx(1.099961)
+    assert result.bytes == 4573550
+    assert result.errors == {"connect": 0, "read": 39770, "write": 0, "status": 0, "timeout": 0}
+    assert result.latency_us == {
+        "mean": 49.66,
+        "stdev": 44.88,
+        "max": 1074.0,
+        "p50": 43.0,
+        "p90": 68.0,
+        "p99": 257.0,
+        "p99.9": 614.0,
+    }
+
+
+def test_parse_output_without_the_json_line_says_what_wrk_printed() -> None:
+    with pytest.raises(wrk.WrkError, match="Requests/sec"):
+        wrk.parse_output(WRK_HUMAN_REPORT)
+
+
+def test_command_pins_wrk_and_passes_each_scenario_its_options() -> None:
+    by_name = {scenario.name: scenario for scenario in wrk.SCENARIOS}
+    url = "http://127.0.0.1:8080/"
+
+    keepalive = wrk.command(by_name["keepalive-64"], url, 5, "0")
+    assert keepalive[:4] == ["taskset", "--cpu-list", "0", "wrk"]
+    assert keepalive[keepalive.index("--threads") + 1] == "1"
+    assert keepalive[keepalive.index("--connections") + 1] == "64"
+    assert keepalive[keepalive.index("--duration") + 1] == "5s"
+    assert keepalive[keepalive.index("--script") + 1].endswith("report.lua")
+    assert keepalive[-1] == url and "--header" not in keepalive
+
+    pipelined = wrk.command(by_name["pipeline-16"], url, 5, "0")
+    assert pipelined[pipelined.index("--script") + 1].endswith("pipeline.lua")
+    assert pipelined[-3:] == [url, "--", "16"]
+
+    churn = wrk.command(by_name["close"], url, 5, "0")
+    assert churn[churn.index("--header") + 1] == "Connection: close"
+
+    many = wrk.command(by_name["keepalive-1000"], url, 5, "0")
+    assert many[many.index("--connections") + 1] == "1000"
+
+
+def test_the_lua_scripts_exist_where_the_commands_point() -> None:
+    for scenario in wrk.SCENARIOS:
+        command = wrk.command(scenario, "http://127.0.0.1:1/", 1, "0")
+        assert Path(command[command.index("--script") + 1]).is_file()
+
+
+# --------------------------------------------------------------------------------------------- cpu
+
+
+def test_parse_stat_splits_after_the_last_parenthesis_of_the_name() -> None:
+    stat = cpu.parse_stat(STAT_LINE)
+    assert (stat.pid, stat.parent_pid) == (4242, 4000)
+    assert (stat.user_ticks, stat.system_ticks) == (150, 25)
+    assert (stat.waited_children_user_ticks, stat.waited_children_system_ticks) == (7, 3)
+    assert stat.cpu_ticks == 185
+
+
+def _stat(pid: int, parent: int, user: int = 0, system: int = 0) -> cpu.ProcessStat:
+    return cpu.ProcessStat(pid, parent, user, system, 0, 0)
+
+
+def test_tree_holds_the_root_and_every_descendant_and_nothing_else() -> None:
+    stats = [
+        _stat(1, 0),
+        _stat(10, 1),  # the root
+        _stat(11, 10),
+        _stat(12, 10),
+        _stat(13, 12),  # a grandchild
+        _stat(20, 1),  # a sibling of the root: not ours
+        _stat(21, 20),
+    ]
+    assert sorted(stat.pid for stat in cpu.tree(10, stats)) == [10, 11, 12, 13]
+    assert cpu.tree(99, stats) == []
+
+
+def _fake_proc(root: Path, processes: dict[int, tuple[int, int, int, int]]) -> Path:
+    """A /proc with processes {pid: (parent, user ticks, system ticks, VmRSS KiB)}."""
+    for pid, (parent, user, system, rss_kib) in processes.items():
+        directory = root / str(pid)
+        (directory / "fd").mkdir(parents=True)
+        fields = ["S", str(parent)] + ["0"] * 9 + [str(user), str(system), "0", "0"] + ["0"] * 20
+        (directory / "stat").write_text(f"{pid} (server) {' '.join(fields)}\n")
+        (directory / "status").write_text(f"Name:\tserver\nVmHWM:\t{rss_kib * 2} kB\nVmRSS:\t{rss_kib} kB\n")
+        for fd in range(3):
+            (directory / "fd" / str(fd)).touch()
+    (root / "stat").write_text("cpu  100 0 50 1000 10 5 5 0 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\n")
+    return root
+
+
+def test_tree_figures_add_up_over_the_process_tree(tmp_path: Path) -> None:
+    proc = _fake_proc(
+        tmp_path,
+        {
+            100: (1, 200, 100, 1000),  # nginx's master, say
+            101: (100, 50, 50, 3000),  # its worker
+            300: (1, 9999, 9999, 9999),  # someone else
+        },
+    )
+    ticks = cpu.CLOCK_TICKS_PER_SECOND
+    assert cpu.tree_cpu_seconds(100, proc) == pytest.approx(400 / ticks)
+    assert cpu.tree_rss_bytes(100, proc) == 4000 * 1024
+    assert cpu.tree_peak_rss_bytes(100, proc) == 8000 * 1024
+    assert cpu.tree_open_fds(100, proc) == 6
+    # busy = user + nice + system + irq + softirq + steal; idle and iowait are not.
+    assert cpu.machine_cpu_seconds(proc) == pytest.approx(160 / ticks)
+
+
+BURNER = """
+import os, sys, time
+def burn(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+if os.fork() == 0:  # the grandchild burns, then waits to be counted alive
+    burn(0.3)
+    print("burnt", flush=True)
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""
+
+
+def test_tree_cpu_seconds_counts_a_live_grandchild() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", BURNER], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "burnt\n"
+        assert len(cpu.tree_pids(process.pid)) == 2
+        # At least the 0.3 s the grandchild burnt (minus one clock tick of rounding), wherever it ran.
+        assert cpu.tree_cpu_seconds(process.pid) >= 0.3 - 1 / cpu.CLOCK_TICKS_PER_SECOND
+    finally:
+        os.killpg(process.pid, 9)
+        process.wait()
+
+
+def test_memory_kib_reads_the_kb_lines() -> None:
+    status = "Name:\tpython\nVmPeak:\t  20000 kB\nVmHWM:\t   9000 kB\nVmRSS:\t   8000 kB\nThreads:\t1\n"
+    assert cpu.memory_kib(status) == {"VmPeak": 20000, "VmHWM": 9000, "VmRSS": 8000}
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+LATENCY_PERCENTILES = {"p50": 800.0, "p90": 1000.0, "p99": 2000.0, "p99.9": 5000.0}
+RUN_FIELDS = ["requests", "duration_s", "bytes", "errors", "latency_us"]
+RUN_FIELDS += ["server_cpu_s", "client_cpu_s", "machine_cpu_s"]
+
+
+def _run(requests: int = 50_000, server_cpu_s: float = 2.5, other_cpu_s: float = 0.1) -> results.Run:
+    return results.Run(
+        requests=requests,
+        duration_s=5.0,
+        bytes=requests * 100,
+        errors={"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0},
+        latency_us={"mean": 900.0, "stdev": 100.0, "max": 9000.0, **LATENCY_PERCENTILES},
+        server_cpu_s=server_cpu_s,
+        client_cpu_s=4.9,
+        machine_cpu_s=server_cpu_s + 4.9 + other_cpu_s,
+    )
+
+
+def _results() -> results.Results:
+    scenario = wrk.SCENARIOS[0]
+    return results.Results(
+        name="test",
+        created="2026-01-01T00:00:00+00:00",
+        machine={
+            "cpu_model": "Test CPU",
+            "cores": 2,
+            "kernel": "6.1",
+            "python": "3.11.7",
+            "wrk": "wrk 4.1.0",
+        },
+        settings=results.Settings(
+            runs=3, duration_s=5, warmup_s=2, server_cpus="1", client_cpus="0", idle_connections=1000
+        ),
+        command=["python", "-m", "bench"],
+        targets=[
+            results.TargetInfo("phase3_http_parse", "phase", "ours"),
+            results.TargetInfo("nginx", "peer", "nginx"),
+        ],
+        scenarios=[
+            results.ScenarioInfo(
+                scenario.name, scenario.title, scenario.connections, scenario.pipeline_depth, scenario.close
+            )
+        ],
+        skipped={"hyper": "cargo is not installed"},
+        measurements=[
+            results.Measurement(
+                "phase3_http_parse",
+                scenario.name,
+                ["python", "-m", "phase3_http_parse"],
+                ["wrk"],
+                [_run(40_000), _run(50_000), _run(45_000)],
+                30 * 2**20,
+            ),
+            results.Measurement("nginx", scenario.name, ["nginx"], ["wrk"], [_run(400_000, 1.0)], 2**20),
+        ],
+        idle=[
+            results.IdleMemory("phase3_http_parse", ["python"], 1000, 1000, 10 * 2**20, 12 * 2**20, 0.5),
+            results.IdleMemory("nginx", ["nginx"], 1000, 400, 2**20, 2**20, 0.5, "held only 400"),
+        ],
+    )
+
+
+def test_run_derives_its_figures_from_the_raw_ones() -> None:
+    run = _run(requests=50_000, server_cpu_s=2.5)
+    assert run.requests_per_s == 10_000
+    assert run.requests_per_server_cpu_s == 20_000
+    assert run.server_cpu_us_per_request == pytest.approx(50.0)
+    assert run.server_cpu_share == 0.5
+    assert run.client_cpu_share == pytest.approx(0.98)
+    assert run.other_cpu_s == pytest.approx(0.1)
+    assert _run(server_cpu_s=0.0).requests_per_server_cpu_s is None
+
+
+def test_a_measurement_is_noisy_when_most_runs_were_disturbed() -> None:
+    quiet, disturbed = _run(other_cpu_s=0.1), _run(other_cpu_s=2.0)  # 2 % and 40 % of a core
+    assert not quiet.noisy and disturbed.noisy
+    measurement = results.Measurement("nginx", "keepalive-64", [], [], [quiet, disturbed, disturbed], None)
+    assert measurement.noisy
+    assert not dataclasses.replace(measurement, runs=[quiet, quiet, disturbed]).noisy
+
+    noisy_results = dataclasses.replace(_results(), measurements=[measurement])
+    text = report.markdown(noisy_results, ["nginx"], "test.json")
+    assert f"| nginx{report.NOISY_MARK} |" in text
+    assert f"{report.NOISY_MARK} Other processes used more than 25% of a core" in text
+
+
+def test_spread_is_median_min_max_over_runs() -> None:
+    measurement = _results().measurements[0]
+    assert measurement.spread("requests_per_s") == results.Spread(9_000, 8_000, 10_000)
+
+
+def test_results_survive_a_round_trip_through_json(tmp_path: Path) -> None:
+    original = _results()
+    path = tmp_path / "bench" / "results" / "test.json"
+    results.write(original, path)
+    assert results.load(path) == original
+
+
+def test_results_json_has_the_documented_shape(tmp_path: Path) -> None:
+    path = tmp_path / "test.json"
+    results.write(_results(), path)
+    document = json.loads(path.read_text())
+    assert document["schema_version"] == results.SCHEMA_VERSION
+    assert {
+        "machine",
+        "settings",
+        "command",
+        "targets",
+        "scenarios",
+        "skipped",
+        "measurements",
+        "idle",
+    } <= set(document)
+    measurement = document["measurements"][0]
+    assert {"server_command", "wrk_command", "runs", "peak_rss_bytes", "failure", "summary"} <= set(
+        measurement
+    )
+    assert set(measurement["runs"][0]) == set(RUN_FIELDS)
+    assert measurement["summary"]["requests_per_s"] == {"median": 9000.0, "low": 8000.0, "high": 10000.0}
+    assert document["idle"][0]["bytes_per_connection"] == 2 * 2**20 / 1000
+    assert document["idle"][1]["bytes_per_connection"] is None  # it failed: no figure
+
+
+def test_loading_rejects_another_schema_version_and_missing_fields() -> None:
+    document = _results().to_json()
+    with pytest.raises(results.SchemaError, match="schema_version"):
+        results.from_json({**document, "schema_version": 0})
+    del document["measurements"][0]["runs"][0]["server_cpu_s"]
+    with pytest.raises(results.SchemaError, match="server_cpu_s"):
+        results.from_json(document)
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+
+def test_markdown_tables_put_the_fastest_first_and_our_phases_in_bold() -> None:
+    text = report.markdown(_results(), ["phase3_http_parse", "nginx", "hyper"], "bench/results/test.json")
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    dash = report.EN_DASH
+    assert rows[1].startswith(f"| nginx | 80k (80k{dash}80k) |")
+    assert rows[2].startswith(f"| **phase3_http_parse** | 9k (8k{dash}10k) |")
+    assert "- hyper: cargo is not installed" in text
+    assert "held only 400" in text
+    assert "http" not in text.replace("phase3_http_parse", "")  # tables only: no links
+
+
+def test_write_markdown_gives_each_phase_its_page_beside_the_peers(tmp_path: Path) -> None:
+    written = report.write_markdown(_results(), tmp_path, "bench/results/test.json")
+    assert sorted(path.name for path in written) == ["phase3_http_parse.md", "summary.md"]
+    assert "nginx" in (tmp_path / "phase3_http_parse.md").read_text()
+
+
+def test_charts_are_byte_for_byte_reproducible(tmp_path: Path) -> None:
+    first = charts.write_charts(_results(), tmp_path / "first")
+    second = charts.write_charts(_results(), tmp_path / "second")
+    assert [path.name for path in first] == [path.name for path in second]
+    assert {path.suffix for path in first} == {".svg", ".png"}
+    for one, other in zip(first, second, strict=True):
+        assert one.read_bytes() == other.read_bytes(), one.name
+
+
+def test_terminal_summary_fits_one_screen() -> None:
+    lines = report.terminal_summary(_results()).splitlines()
+    assert len(lines) < 25 and max(map(len, lines)) < 160
+    assert lines[0].split()[0] == "target"
+
+
+# --------------------------------------------------------------------------------------------- options
+
+
+def test_parse_cpus_reads_taskset_lists() -> None:
+    assert parse_cpus("1") == {1}
+    assert parse_cpus("0-2,5") == {0, 1, 2, 5}
+
+
+def test_select_expands_groups_and_rejects_unknown_names() -> None:
+    phase = targets.Target("phase9_test", "phase", "test", lambda port, scratch: [])
+    assert [t.name for t in targets.select(["phases", "stdlib"], [phase])] == ["phase9_test", "stdlib"]
+    assert len(targets.select(["all"], [phase])) == len(targets.PEERS) + 1
+    with pytest.raises(ValueError, match="unknown target 'nope'"):
+        targets.select(["nope"], [phase])
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.needs("http")
+def test_the_real_harness_measures_a_phase_and_a_peer(phase: Phase, tmp_path: Path) -> None:
+    """`python -m bench` for about a second against this phase and the standard library's server."""
+    require_tool("wrk")
+    require_tool("taskset")
+    if phase.root != REPO_ROOT:
+        pytest.skip("the bench measures the phases of this repository (it starts them from its root)")
+    command = [
+        sys.executable, "-m", "bench", "--targets", f"{phase.name},stdlib",
+        "--scenarios", "keepalive-64,idle", "--runs", "1", "--duration", "1", "--warmup", "0",
+        "--idle-connections", "200", "--name", "smoke", "--output-root", str(tmp_path),
+    ]  # fmt: skip
+    finished = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=100, check=False
+    )
+    assert finished.returncode == 0, finished.stderr
+    measured = results.load(tmp_path / "bench" / "results" / "smoke.json")
+
+    assert [target.name for target in measured.targets] == [phase.name, "stdlib"]
+    for name in (phase.name, "stdlib"):
+        measurement = measured.measurement(name, "keepalive-64")
+        assert measurement is not None and measurement.failure is None, measurement
+        (run,) = measurement.runs
+        assert run.requests > 0 and run.error_count == 0
+        assert run.server_cpu_s > 0 and run.client_cpu_s > 0
+        assert set(run.latency_us) >= {"p50", "p90", "p99", "p99.9"}
+        assert measurement.peak_rss_bytes and measurement.wrk_command[:3] == ["taskset", "--cpu-list", "0"]
+        idle = measured.idle_for(name)
+        assert idle is not None and idle.failure is None, idle
+        assert idle.connections_held == 200
+    assert measured.machine["wrk"] and measured.settings.runs == 1
+
+    tables = tmp_path / "docs" / "generated" / "bench"
+    assert phase.name in (tables / "summary.md").read_text()
+    assert "stdlib" in (tables / f"{phase.name}.md").read_text()
+    assert (tmp_path / "docs" / "assets" / "bench" / "throughput.svg").is_file()
+    assert phase.name in finished.stdout  # the one-screen summary
