@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trigger",
         choices=("level", "edge"),
         default="level",
-        help="epoll notification mode (default: %(default)s; the chapter measures both)",
+        help="epoll notification mode (default: %(default)s; chapter 2 measures both)",
     )
     return parser.parse_args(argv)
 

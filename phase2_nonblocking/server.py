@@ -16,6 +16,7 @@ import time
 from types import FrameType
 
 DEFAULT_BUFFER_SIZE = 64 * 1024
+# --8<-- [start:defaults]
 LISTEN_BACKLOG = 1024
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_IDLE_TIMEOUT = 60.0
@@ -23,6 +24,7 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_HIGH_WATER_MARK = 1024 * 1024
 # ...and read again once its pending output has drained below this. The gap keeps us from flapping.
 DEFAULT_LOW_WATER_MARK = 256 * 1024
+# --8<-- [end:defaults]
 
 EPOLLIN, EPOLLOUT, EPOLLET = select.EPOLLIN, select.EPOLLOUT, select.EPOLLET
 HANGUP = select.EPOLLHUP | select.EPOLLERR

@@ -26,6 +26,7 @@ from .protocol import (
     render_response,
 )
 
+# --8<-- [start:defaults]
 LISTEN_BACKLOG = 1024
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_IDLE_TIMEOUT = 60.0
@@ -38,6 +39,7 @@ LINGER_TIMEOUT = 2.0
 DEFAULT_HIGH_WATER_MARK = 1024 * 1024
 # ...and read again once its pending output has drained below this. The gap keeps us from flapping.
 DEFAULT_LOW_WATER_MARK = 256 * 1024
+# --8<-- [end:defaults]
 
 EPOLLIN, EPOLLOUT, EPOLLET = select.EPOLLIN, select.EPOLLOUT, select.EPOLLET
 HANGUP = select.EPOLLHUP | select.EPOLLERR
@@ -315,6 +317,7 @@ class Server:
             if not request.keep_alive:
                 connection.closing = True
         if responses:
+            connection.strict_deadline = None  # a head is complete: the next one starts its own clock
             self.send(connection, responses[0] if len(responses) == 1 else b"".join(responses))
         if connection.closing and not connection.pending_output and connection.fd in self.connections:
             self.linger(connection)

@@ -376,8 +376,10 @@ INVALID = [
     (b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", 400),
 ]
 
+# --8<-- [start:smuggling]
 SMUGGLING = [
-    # Content-Length must be 1*DIGIT (RFC 9110 §8.6); all of these are accepted by Python's int()
+    # Content-Length must be 1*DIGIT (RFC 9110 §8.6): signs, 0x, 1_0 and other scripts' digits all pass
+    # Python's int(); the others are what a lax reader might trim, split or round
     ("Content-Length: +5", b"hello", 400),
     ("Content-Length: -5", b"hello", 400),
     ("Content-Length: 0x5", b"hello", 400),
@@ -428,6 +430,7 @@ SMUGGLING = [
     ("Transfer-Encoding: chunked", b"0\r\nX: y\r\n folded\r\n\r\n", 400),
     ("Transfer-Encoding: chunked", b"0\r\nX: a\rb\r\n\r\n", 400),
 ]
+# --8<-- [end:smuggling]
 
 
 @pytest.mark.parametrize(("data", "status"), INVALID, ids=[repr(data)[2:40] for data, _ in INVALID])
@@ -541,6 +544,7 @@ def test_chunk_line_limit(protocol: ModuleType) -> None:
 # --------------------------------------------------------------------------------------- resumable scanning
 
 
+# --8<-- [start:never_rescans]
 @pytest.mark.parametrize("size", [1_000, 4_000, 16_000])
 def test_byte_at_a_time_never_rescans(protocol: ModuleType, size: int) -> None:
     """A quadratic parser searches ~size**2/2 bytes when fed one byte at a time; ours searches each byte a
@@ -558,6 +562,9 @@ def test_byte_at_a_time_never_rescans(protocol: ModuleType, size: int) -> None:
             assert parser.next_request() is None or offset == len(message) - 1
         assert not parser.has_partial_request
         assert parser.scanned_bytes <= 5 * len(message)  # rescanning would be ~len(message) ** 2 / 2
+
+
+# --8<-- [end:never_rescans]
 
 
 def test_receive_buffer_is_reusable_and_grows_for_a_large_body(protocol: ModuleType) -> None:

@@ -55,6 +55,7 @@ def _bad_target(data: bytes) -> bool:
     return len(parts) == 3 and not parts[1].startswith(b"/")
 
 
+# --8<-- [start:differences]
 DIFFERENCES = [
     Difference(
         "bare LF",
@@ -134,6 +135,7 @@ DIFFERENCES = [
         lambda data: len(set(b"".join(_field_values(data, b"content-length")).split(b","))) > 1,
     ),
 ]
+# --8<-- [end:differences]
 
 
 def ours(protocol: ModuleType, chunks: list[bytes]) -> Outcome:
