@@ -30,7 +30,6 @@ import errno
 import json
 import math
 import os
-import platform
 import resource
 import selectors
 import shutil
@@ -44,10 +43,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from bench.phase_process import PhaseProcess, phase_command
+from bench.results import host_facts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 SERVER_CPU = 1
 CLIENT_CPU = 0
 STARTUP_TIMEOUT = 10.0
@@ -257,66 +258,35 @@ class ClosedLoop:
 
 def server_command(variant: ServerVariant, pinned: bool) -> list[str]:
     """`[taskset --cpu-list 1] python -m PHASE --host 127.0.0.1 --port 0 OPTIONS`, run from the repo root."""
-    pinning = ["taskset", "--cpu-list", str(SERVER_CPU)] if pinned else []
-    return [*pinning, sys.executable, "-m", variant.package, "--host", HOST, "--port", "0", *variant.options]
+    return phase_command(variant.package, *variant.options, prefix=server_pinning(pinned))
 
 
-class Server:
-    """A phase started as a subprocess on a free port, pinned to SERVER_CPU; stopped with SIGTERM."""
+def server_pinning(pinned: bool) -> list[str]:
+    return ["taskset", "--cpu-list", str(SERVER_CPU)] if pinned else []
 
-    def __init__(self, variant: ServerVariant, *, pinned: bool, errors: IO[bytes]) -> None:
-        self.command = server_command(variant, pinned)
-        self.errors = errors
-        # taskset sets the affinity and then execs Python, so this pid is the server's own.
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self.errors,
-        )
-        self.address = self.wait_until_listening()
 
-    def wait_until_listening(self) -> tuple[str, int]:
-        assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            ready = selector.select(timeout=STARTUP_TIMEOUT)
-        line = self.process.stdout.readline().decode() if ready else ""
-        host, _, port = line.removeprefix("listening on ").strip().rpartition(":")
-        if not line.startswith("listening on ") or not port.isdigit():
-            self.stop()
-            raise RuntimeError(f"{' '.join(self.command)} did not print 'listening on': {line!r}")
-        return (host, int(port))
+def start_server(variant: ServerVariant, pinned: bool) -> PhaseProcess:
+    """A phase started as a subprocess on a free port, pinned to SERVER_CPU."""
+    return PhaseProcess(variant.package, *variant.options, root=REPO_ROOT, prefix=server_pinning(pinned))
 
-    def stop(self) -> str:
-        """Stop the server; return what it wrote to stderr. Raise if it did not exit cleanly."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=SHUTDOWN_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self.errors.seek(0)
-        errors = self.errors.read().decode(errors="replace")
-        if self.process.returncode != 0 or "Traceback" in errors:
-            raise RuntimeError(f"server exited with {self.process.returncode}:\n{errors}")
-        return errors
+
+def stop_server(server: PhaseProcess) -> None:
+    """Stop the server; raise if it did not exit cleanly."""
+    server.stop()
+    failure = server.failure()
+    if failure is not None:
+        raise RuntimeError(f"server {failure}")
 
 
 def measure(
     variant: ServerVariant, clients: int, *, round_trips: int, message: bytes, deadline: float, pinned: bool
 ) -> RunFigures:
     """Start a fresh server, run one closed loop against it, stop it."""
-    with tempfile.TemporaryFile() as errors:
-        server = Server(variant, pinned=pinned, errors=errors)
-        try:
-            return ClosedLoop(server.address, clients, round_trips, message).run(deadline)
-        finally:
-            server.stop()
+    server = start_server(variant, pinned)
+    try:
+        return ClosedLoop(server.address, clients, round_trips, message).run(deadline)
+    finally:
+        stop_server(server)
 
 
 # What `perf stat` counts in the server: tracepoints, so the server runs at full speed while counted (strace
@@ -371,21 +341,21 @@ def count_syscalls(
     variant: ServerVariant, clients: int, *, round_trips: int, message: bytes, deadline: float, pinned: bool
 ) -> dict[str, float]:
     """System calls the server makes per round trip, counted by `perf stat` on syscall tracepoints."""
-    with tempfile.TemporaryFile() as errors, tempfile.NamedTemporaryFile("r") as counts:
-        server = Server(variant, pinned=pinned, errors=errors)
+    with tempfile.NamedTemporaryFile("r") as counts:
+        server = start_server(variant, pinned)
         perf = subprocess.Popen(
-            perf_command(server.process.pid, counts.name),
+            perf_command(server.pid, counts.name),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_until_counting(perf, server.process.pid)
+            wait_until_counting(perf, server.pid)
             figures = ClosedLoop(server.address, clients, round_trips, message).run(deadline)
         finally:
             perf.send_signal(signal.SIGINT)  # perf stops counting and writes its totals
             perf.wait(timeout=SHUTDOWN_TIMEOUT)
-            server.stop()
+            stop_server(server)
         totals = {}
         for line in counts.read().splitlines():
             fields = line.split(",")
@@ -414,14 +384,13 @@ def pin_client(pinned: bool) -> None:
 
 
 def machine_facts(pinned: bool) -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    host = host_facts()
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_model": models[0] if models else platform.processor(),
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+        "cpu_model": host["cpu_model"],
+        "cpus": host["cores"],  # echo.json's name for it, which its tables read
+        "kernel": host["kernel"],
+        "python": host["python"],
         "pinned": pinned,
         "server_cpu": SERVER_CPU if pinned else None,
         "client_cpu": CLIENT_CPU if pinned else None,

@@ -297,22 +297,29 @@ def package_versions(names: tuple[str, ...] = PEER_PACKAGES) -> dict[str, str | 
     return versions
 
 
-def machine_facts(nginx: str | None, hyper_lock: Path | None) -> dict[str, Any]:
-    """What a reader needs to compare their numbers with ours."""
+def host_facts() -> dict[str, Any]:
+    """The machine every benchmark reports: CPU model, CPU count, kernel, Python version."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
         cpuinfo = ""
+    return {
+        "cpu_model": cpu_model(cpuinfo),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def machine_facts(nginx: str | None, hyper_lock: Path | None) -> dict[str, Any]:
+    """What a reader needs to compare their numbers with ours."""
     hyper_version = None
     if hyper_lock is not None and hyper_lock.exists():
         found = re.search(r'name = "hyper"\nversion = "([^"]+)"', hyper_lock.read_text())
         hyper_version = found.group(1) if found else None
     return {
-        "cpu_model": cpu_model(cpuinfo),
-        "cores": os.cpu_count(),
-        "kernel": platform.release(),
+        **host_facts(),
         "os": _os_name(),
-        "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "python_executable": sys.executable,
         "packages": package_versions(),

@@ -14,24 +14,20 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import selectors
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from bench.phase_process import PhaseProcess
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PHASE_DIR_PATTERN = re.compile(r"^phase(\d+)_\w+$")
-STARTUP_TIMEOUT = 10.0
-SHUTDOWN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -131,24 +127,8 @@ def phase(request: pytest.FixtureRequest) -> Phase:
     return selected
 
 
-@dataclass
-class RunningServer:
-    """A phase started as `python -m <phase> --port 0 ...`, with its output collected in the background."""
-
-    process: subprocess.Popen[bytes]
-    host: str
-    port: int
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    _readers: list[threading.Thread] = field(default_factory=list)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+class RunningServer(PhaseProcess):
+    """A phase started as `python -m <phase> --port 0 ...`, with what the tests ask of it while it runs."""
 
     def connect(self, timeout: float = 10.0) -> socket.socket:
         """A blocking client socket connected to the server, with a timeout on every operation."""
@@ -164,55 +144,10 @@ class RunningServer:
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    def stop(self) -> int:
-        """SIGTERM, wait for a clean exit, and return the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=SHUTDOWN_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for reader in self._readers:
-            reader.join(timeout=SHUTDOWN_TIMEOUT)
-        return self.process.returncode
-
-
-def _collect_lines(stream: object, into: list[str]) -> None:
-    for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
-        into.append(raw.decode(errors="replace"))
-
 
 def start_phase(phase: Phase, *args: str) -> RunningServer:
     """Start a phase on a free port; wait (on its stdout, never by sleeping) for `listening on HOST:PORT`."""
-    command = [sys.executable, "-m", phase.name, "--host", "127.0.0.1", "--port", "0", *args]
-    env = {**os.environ, "PYTHONPATH": str(phase.root), "PYTHONDONTWRITEBYTECODE": "1"}
-    process = subprocess.Popen(
-        command,
-        cwd=phase.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    assert process.stdout is not None and process.stderr is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        ready = selector.select(timeout=STARTUP_TIMEOUT)
-    first_line = process.stdout.readline().decode() if ready else ""
-    match = re.fullmatch(r"listening on (\S+):(\d+)\n", first_line)
-    if match is None:
-        process.kill()
-        _, errors = process.communicate(timeout=SHUTDOWN_TIMEOUT)
-        raise AssertionError(
-            f"{' '.join(command)} did not print 'listening on': {first_line!r}\n{errors.decode()}"
-        )
-    server = RunningServer(process, match.group(1), int(match.group(2)), stdout=[first_line])
-    for stream, lines in ((process.stdout, server.stdout), (process.stderr, server.stderr)):
-        reader = threading.Thread(target=_collect_lines, args=(stream, lines), daemon=True)
-        reader.start()
-        server._readers.append(reader)
-    return server
+    return RunningServer(phase.name, *args, root=phase.root)
 
 
 @pytest.fixture
@@ -229,12 +164,10 @@ def start_server(phase: Phase) -> Iterator[Callable[..., RunningServer]]:
     yield start
     problems = []
     for server in started:
-        exit_code = server.stop()
-        errors = "".join(server.stderr)
-        if exit_code != 0:
-            problems.append(f"server pid {server.pid} exited with {exit_code}:\n{errors}")
-        elif "Traceback" in errors:
-            problems.append(f"server pid {server.pid} printed a traceback:\n{errors}")
+        server.stop()
+        failure = server.failure()
+        if failure is not None:
+            problems.append(f"server pid {server.pid} {failure}")
     if problems:
         pytest.fail("\n".join(problems))
 

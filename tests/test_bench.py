@@ -183,18 +183,17 @@ time.sleep(60)
 
 
 def test_tree_cpu_seconds_counts_a_live_grandchild() -> None:
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", BURNER], stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline() == "burnt\n"
-        assert len(cpu.tree_pids(process.pid)) == 2
-        # At least the 0.3 s the grandchild burnt (minus one clock tick of rounding), wherever it ran.
-        assert cpu.tree_cpu_seconds(process.pid) >= 0.3 - 1 / cpu.CLOCK_TICKS_PER_SECOND
-    finally:
-        os.killpg(process.pid, 9)
-        process.wait()
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline() == "burnt\n"
+            assert len(cpu.tree_pids(process.pid)) == 2
+            # At least the 0.3 s the grandchild burnt (minus one clock tick of rounding), wherever it ran.
+            assert cpu.tree_cpu_seconds(process.pid) >= 0.3 - 1 / cpu.CLOCK_TICKS_PER_SECOND
+        finally:
+            os.killpg(process.pid, 9)
 
 
 def test_memory_kib_reads_the_kb_lines() -> None:

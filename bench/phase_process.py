@@ -1,0 +1,112 @@
+"""One phase server as a subprocess, started, waited for and stopped: the tests and the echo benchmark use it.
+
+    server = PhaseProcess("phase2_nonblocking", "--trigger", "edge", root=REPO_ROOT)
+    ...  # talk to server.address
+    server.stop()  # the exit code; server.failure() says what went wrong, if anything did
+
+The command is `[PREFIX...] python -m PACKAGE --host 127.0.0.1 --port 0 OPTIONS`, run from `root`, the
+directory that holds the package (its cwd and PYTHONPATH). A prefix such as `taskset --cpu-list 1` execs
+Python in the end, so the pid is the server's own. Port 0 lets the kernel pick a free port; the server names
+it on its first line of stdout, `listening on HOST:PORT`, which is waited for with a selector and a timeout,
+never by sleeping. Stopping is SIGTERM, then SIGKILL if the server has not exited in time. The tradeoff: what
+the server writes to stderr goes to a temporary file, read once it has stopped, so nothing can watch it live.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT = 10.0
+SHUTDOWN_TIMEOUT = 10.0
+LISTENING_LINE = re.compile(r"listening on (\S+):(\d+)\n")
+
+
+def phase_command(package: str, *options: str, prefix: Sequence[str] = ()) -> list[str]:
+    """`[PREFIX...] python -m PACKAGE --host 127.0.0.1 --port 0 OPTIONS`."""
+    return [*prefix, sys.executable, "-m", package, "--host", HOST, "--port", "0", *options]
+
+
+class PhaseProcess:
+    """A phase package started on a free port; raises RuntimeError if it does not say where it listens."""
+
+    def __init__(self, package: str, *options: str, root: Path, prefix: Sequence[str] = ()) -> None:
+        self.command = phase_command(package, *options, prefix=prefix)
+        self.stderr = ""  # what the server wrote to stderr, once stopped
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the server. Closed by stop().
+        self._stderr_file = tempfile.TemporaryFile()  # noqa: SIM115
+        # Anything printed after the first line is read and dropped, so that a chatty server never blocks.
+        self._stdout_drain = threading.Thread(target=self._drain_stdout, daemon=True)
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr_file,
+        )
+        self.host, self.port = self._wait_until_listening()
+        self._stdout_drain.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _wait_until_listening(self) -> tuple[str, int]:
+        assert self.process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            ready = selector.select(timeout=STARTUP_TIMEOUT)
+        first_line = self.process.stdout.readline().decode(errors="replace") if ready else ""
+        match = LISTENING_LINE.fullmatch(first_line)
+        if match is None:
+            self.stop()
+            self.process.stdout.close()
+            raise RuntimeError(
+                f"{' '.join(self.command)} did not print 'listening on': {first_line!r}\n{self.stderr}"
+            )
+        return (match.group(1), int(match.group(2)))
+
+    def _drain_stdout(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:  # closed at end of file, which comes when the server exits
+            for _ in self.process.stdout:
+                pass
+
+    def stop(self) -> int:
+        """SIGTERM, wait for the exit (SIGKILL after SHUTDOWN_TIMEOUT), keep stderr; return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=SHUTDOWN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._stdout_drain.is_alive():
+            self._stdout_drain.join(timeout=SHUTDOWN_TIMEOUT)
+        if not self._stderr_file.closed:
+            self._stderr_file.seek(0)
+            self.stderr = self._stderr_file.read().decode(errors="replace")
+            self._stderr_file.close()
+        return self.process.returncode
+
+    def failure(self) -> str | None:
+        """Once stopped: why the exit was not clean (a non-zero status, or a traceback on stderr), or None."""
+        if self.process.returncode != 0:
+            return f"exited with {self.process.returncode}:\n{self.stderr}"
+        if "Traceback" in self.stderr:
+            return f"printed a traceback:\n{self.stderr}"
+        return None
