@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.phase_process import PhaseProcess, phase_command
+from bench.phases import PhaseProcess, phase_command
 from bench.results import host_facts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -10,10 +10,8 @@ no target is measured serving something else. A peer whose tool is missing is sk
 from __future__ import annotations
 
 import http.client
-import importlib
 import importlib.util
 import os
-import re
 import shutil
 import signal
 import socket
@@ -26,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from bench.phases import find_phases, phase_capabilities
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
-PHASE_DIR_PATTERN = re.compile(r"^phase(\d+)_\w+$")
 HOST = "127.0.0.1"
 EXPECTED_BODY = b"Hello, World!"
 STARTUP_TIMEOUT = 20.0
@@ -62,25 +61,12 @@ def _phase_command(name: str) -> CommandFactory:
     return command
 
 
-def phase_capabilities(package_dir: Path) -> frozenset[str]:
-    """The CAPABILITIES frozenset of a phase package (imported from the repository root)."""
-    if str(package_dir.parent) not in sys.path:
-        sys.path.insert(0, str(package_dir.parent))
-    capabilities: object = getattr(importlib.import_module(package_dir.name), "CAPABILITIES", None)
-    if not isinstance(capabilities, frozenset):
-        raise ValueError(f"{package_dir}/__init__.py must define CAPABILITIES = frozenset({{...}})")
-    return frozenset(str(capability) for capability in capabilities)
-
-
 def discover_phases(root: Path = REPO_ROOT) -> list[Target]:
     """Every phase package at the repository root that speaks HTTP, in phase order."""
-    found = []
-    for path in root.iterdir():
-        match = PHASE_DIR_PATTERN.match(path.name)
-        if match and (path / "__init__.py").is_file() and "http" in phase_capabilities(path):
-            found.append((int(match.group(1)), path.name))
     return [
-        Target(name, "phase", f"this repository's {name}", _phase_command(name)) for _, name in sorted(found)
+        Target(path.name, "phase", f"this repository's {path.name}", _phase_command(path.name))
+        for path in find_phases(root)
+        if (path / "__init__.py").is_file() and "http" in phase_capabilities(path)
     ]
 
 

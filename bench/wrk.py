@@ -31,10 +31,6 @@ class Scenario:
     pipeline_depth: int = 1  # requests per write; above 1, latency is not measured meaningfully
     close: bool = False  # send `Connection: close`: every request pays for a new TCP connection
 
-    @property
-    def measures_latency(self) -> bool:
-        return self.pipeline_depth == 1
-
 
 # --8<-- [start:scenarios]
 SCENARIOS = (

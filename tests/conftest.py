@@ -24,10 +24,9 @@ from types import ModuleType
 
 import pytest
 
-from bench.phase_process import PhaseProcess
+from bench.phases import PhaseProcess, find_phases, phase_capabilities
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PHASE_DIR_PATTERN = re.compile(r"^phase(\d+)_\w+$")
 
 
 @dataclass(frozen=True)
@@ -60,23 +59,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _load_phase(package_dir: Path) -> Phase:
     package_dir = package_dir.resolve()
-    if not (package_dir / "__init__.py").is_file():
-        raise pytest.UsageError(f"{package_dir} is not a Python package (no __init__.py)")
-    phase = Phase(package_dir.name, package_dir.parent, frozenset())
-    capabilities = getattr(phase.import_module(), "CAPABILITIES", None)
-    if not isinstance(capabilities, frozenset):
-        raise pytest.UsageError(f"{package_dir}/__init__.py must define CAPABILITIES = frozenset({{...}})")
-    return Phase(phase.name, phase.root, capabilities)
+    try:
+        capabilities = phase_capabilities(package_dir)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from error
+    return Phase(package_dir.name, package_dir.parent, capabilities)
 
 
 def _discover_phases(config: pytest.Config) -> list[Phase]:
     own_dirs: list[Path] = config.getoption("--phase-dir")
     if own_dirs:
         return [_load_phase(path) for path in own_dirs]
-    found = sorted(
-        (path for path in REPO_ROOT.iterdir() if PHASE_DIR_PATTERN.match(path.name)),
-        key=lambda path: int(PHASE_DIR_PATTERN.match(path.name).group(1)),  # type: ignore[union-attr]
-    )
+    found = find_phases(REPO_ROOT)
     wanted: list[str] = config.getoption("--phase")
     unknown = set(wanted) - {path.name for path in found}
     if unknown:

@@ -19,14 +19,16 @@ from __future__ import annotations
 import argparse
 import difflib
 import itertools
-import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PHASE_DIR_PATTERN = re.compile(r"^phase(\d+)_\w+$")
+# Run as a script, this file has tools/ on sys.path, not the repository root that holds `bench`.
+sys.path.insert(0, str(REPO_ROOT))
+from bench.phases import find_phases  # noqa: E402
+
 EXCLUDED_DIR_NAMES = frozenset({"__pycache__"})
 DIFFS_DIR = Path("docs") / "diffs"
 NO_NEWLINE_MARKER = "\\ No newline at end of file\n"
@@ -41,16 +43,6 @@ class FileChange:
     diff_text: str
     added: int
     removed: int
-
-
-def find_phases(repo_root: Path) -> list[Path]:
-    """The phase directories of the repository, ordered by their number (phase10 comes after phase9)."""
-    matches = [
-        (int(match.group(1)), path)
-        for path in repo_root.iterdir()
-        if path.is_dir() and (match := PHASE_DIR_PATTERN.match(path.name))
-    ]
-    return [path for _, path in sorted(matches)]
 
 
 def phase_files(phase_dir: Path) -> dict[str, bytes]:

@@ -1,4 +1,7 @@
-"""One phase server as a subprocess, started, waited for and stopped: the tests and the echo benchmark use it.
+"""The phase packages: finding them, reading their CAPABILITIES, and running one as a server.
+
+The tests, the bench harness and tools/gen_diffs.py all start from `find_phases`; the tests and the echo
+benchmark run servers with `PhaseProcess`:
 
     server = PhaseProcess("phase2_nonblocking", "--trigger", "edge", root=REPO_ROOT)
     ...  # talk to server.address
@@ -14,6 +17,7 @@ the server writes to stderr goes to a temporary file, read once it has stopped, 
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import selectors
@@ -29,6 +33,29 @@ HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
 LISTENING_LINE = re.compile(r"listening on (\S+):(\d+)\n")
+PHASE_DIR_PATTERN = re.compile(r"^phase(\d+)_\w+$")
+
+
+def find_phases(root: Path) -> list[Path]:
+    """The phase directories under `root` (`phaseN_name/`), ordered by N: phase10 comes after phase9."""
+    numbered = [
+        (int(match.group(1)), path)
+        for path in root.iterdir()
+        if path.is_dir() and (match := PHASE_DIR_PATTERN.match(path.name))
+    ]
+    return [path for _, path in sorted(numbered)]
+
+
+def phase_capabilities(package_dir: Path) -> frozenset[str]:
+    """The CAPABILITIES frozenset of a phase package, imported with its parent directory on sys.path."""
+    if not (package_dir / "__init__.py").is_file():
+        raise ValueError(f"{package_dir} is not a Python package (no __init__.py)")
+    if str(package_dir.parent) not in sys.path:
+        sys.path.insert(0, str(package_dir.parent))
+    capabilities: object = getattr(importlib.import_module(package_dir.name), "CAPABILITIES", None)
+    if not isinstance(capabilities, frozenset):
+        raise ValueError(f"{package_dir}/__init__.py must define CAPABILITIES = frozenset({{...}})")
+    return frozenset(str(capability) for capability in capabilities)
 
 
 def phase_command(package: str, *options: str, prefix: Sequence[str] = ()) -> list[str]:
