@@ -3,16 +3,22 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# One stamp per install, named after pyproject.toml's hash: editing it reinstalls. The docs need only their group.
+PYPROJECT_HASH := $(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-all-$(PYPROJECT_HASH)
+DOCS_STAMP := $(VENV)/.installed-docs-$(PYPROJECT_HASH)
 NEWEST := $(shell ls -d phase[0-9]*_*/ | sort -V | tail -n 1 | tr -d /)
 HOST ?= 127.0.0.1
 PORT ?= 8080
 PHASE ?= $(NEWEST)
 PY_SOURCES := phase*/ tests/ tools/ bench/
+# The root conftest.py is checked on its own: mypy would see two top-level modules named `conftest`.
+ROOT_CONFTEST := conftest.py
 # Material's banner about MkDocs 2 says nothing about our build.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo flame system-tools bench-tools clean
+.PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser flame \
+	mutation system-tools bench-tools clean
 
 run:  ## serve the newest phase on $(HOST):$(PORT)
 	$(PYTHON) -m $(PHASE) --host $(HOST) --port $(PORT)
@@ -20,7 +26,12 @@ run:  ## serve the newest phase on $(HOST):$(PORT)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check '.[dev,docs,bench]'
-	rm -f $(VENV)/.installed-* && touch $@
+	rm -f $(VENV)/.installed-* && touch $@ $(DOCS_STAMP)
+
+$(DOCS_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check '.[docs]'
+	rm -f $(VENV)/.installed-docs-* && touch $@
 
 # wrk is a Debian package: installed when we are root (as CI is), otherwise the tests that need it say so.
 system-tools:
@@ -50,6 +61,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(PY_SOURCES)
+	$(VENV)/bin/mypy $(ROOT_CONFTEST)
 
 pytest: $(STAMP) system-tools
 	$(PY) -m pytest
@@ -62,10 +74,10 @@ diffs: $(STAMP)
 diffs-check: $(STAMP)
 	$(PY) tools/gen_diffs.py --check
 
-docs: $(STAMP)
+docs: $(DOCS_STAMP)
 	$(VENV)/bin/mkdocs build --strict
 
-serve-docs: $(STAMP)
+serve-docs: $(DOCS_STAMP)
 	$(VENV)/bin/mkdocs serve --strict
 
 bench: $(STAMP) bench-tools
@@ -76,6 +88,9 @@ bench-echo: $(STAMP)
 
 flame: $(STAMP) system-tools
 	$(PY) -m bench.flame --phase $(PHASE)
+
+mutation: $(STAMP)  ## mutation testing of the phases' code (mutmut): which changes do the tests not catch?
+	$(PY) tools/mutation.py
 
 clean:
 	rm -rf site .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -5,8 +5,10 @@ strings. A test says what it needs with `@pytest.mark.needs("echo")` and takes t
 or through `server` / `start_server`); it then runs once per phase whose capabilities include all it needs,
 and is deselected for the others.
 
-    pytest --phase phase2_nonblocking            # one phase of this repository
-    pytest --phase-dir ~/my_phase3               # your own phase directory, against the same tests
+    .venv/bin/pytest --phase phase2_nonblocking   # one phase of this repository
+    .venv/bin/pytest --phase-dir my_phase3        # your own phase directory, against the same tests
+
+The two options are declared in the root conftest.py (it says why); this file reads them.
 """
 
 from __future__ import annotations
@@ -43,18 +45,6 @@ class Phase:
         if root not in sys.path:
             sys.path.insert(0, root)
         return importlib.import_module(f"{self.name}.{submodule}" if submodule else self.name)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("phases")
-    group.addoption("--phase", action="append", default=[], help="test only this phase (repeatable)")
-    group.addoption(
-        "--phase-dir",
-        action="append",
-        default=[],
-        type=Path,
-        help="test your own phase package directory (it must define CAPABILITIES in __init__.py)",
-    )
 
 
 def _load_phase(package_dir: Path) -> Phase:
