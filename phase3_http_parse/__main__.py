@@ -5,9 +5,12 @@ import sys
 
 from .protocol import Limits
 from .server import (
+    DEFAULT_BODY_MIN_RATE,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     serve,
 )
 
@@ -33,6 +36,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_HEADER_TIMEOUT,
         help="answer 408 and close if a request head takes longer than this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        help="answer 408 and close if a request body stalls for this many seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-min-rate",
+        type=int,
+        default=DEFAULT_BODY_MIN_RATE,
+        help="bytes per second a request body must average, else 408 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
+        help="on SIGTERM or SIGINT, seconds to finish the requests in flight (default: %(default)s)",
     )
     limits = Limits()
     parser.add_argument(
@@ -82,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
         header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        body_min_rate=args.body_min_rate,
+        shutdown_timeout=args.shutdown_timeout,
         limits=limits,
         edge_triggered=args.trigger == "edge",
     )

@@ -33,12 +33,12 @@ differently are how request smuggling happens; each such choice is noted where i
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import urlsplit
 
 
 # --8<-- [start:limits]
@@ -72,26 +72,18 @@ class Request:
 
     method: str
     target: str
+    path: str  # the target's path, without its query (and without an absolute-form's scheme and authority)
     version: str  # "HTTP/1.0" or "HTTP/1.1" (a higher 1.x minor is handled, and reported, as 1.1)
     headers: list[tuple[str, str]]
-    body: bytes
     keep_alive: bool  # False: respond with `Connection: close`, then close; no later bytes were parsed
     expects_continue: bool  # an HTTP/1.1 `Expect: 100-continue`
-    trailers: list[tuple[str, str]]
+    body: bytes = b""  # set once the whole body has arrived
+    trailers: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def is_head(self) -> bool:
         """A HEAD response carries the headers (Content-Length included) of the GET response, no body."""
         return self.method == "HEAD"
-
-    @property
-    def path(self) -> str:
-        """The target's path without its query. An absolute-form target (RFC 9112 §3.2.2: "A server MUST
-        accept the absolute-form in requests") is reduced to its path too: http://host/a?b -> /a."""
-        target = self.target
-        if target[0] != "/" and target != "*":  # absolute-form, rare: the general parser is fine
-            return urlsplit(target).path or "/"
-        return target.partition("?")[0]
 
     def header(self, name: str) -> str | None:
         """The value of the first field named `name` (lower case), or None."""
@@ -117,17 +109,26 @@ FIELD_LINE = rf"{TOKEN}:[\t\x20-\x7e\x80-\xff]*+"
 # RFC 9112 §3:  request-line = method SP request-target SP HTTP-version
 #   method = token;  HTTP-version = HTTP-name "/" DIGIT "." DIGIT
 # and §2.1:  HTTP-message = start-line CRLF *( field-line CRLF ) CRLF
-# The target is checked here only for VCHARs; its form is checked in `_check_target`.
+# The target is checked here only for VCHARs; its form is checked in `target_path`.
 REQUEST_HEAD = re.compile(rf"{TOKEN} [\x21-\x7e]++ HTTP/[0-9]\.[0-9](?:\r\n{FIELD_LINE})*+")
 FIELD_LINES = re.compile(rf"{FIELD_LINE}(?:\r\n{FIELD_LINE})*+")
 REQUEST_LINE = re.compile(rf"{TOKEN} [\x21-\x7e]++ HTTP/[0-9]\.[0-9]")
-# RFC 3986 §3.1:  absolute-form = absolute-URI, which starts with  scheme ":"
-#   scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
-ABSOLUTE_URI_START = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*+:")
+# One line at a time, for the slow path that says which line is wrong.
+FIELD_LINE_PATTERN = re.compile(FIELD_LINE)
+TOKEN_PATTERN = re.compile(TOKEN)
 # RFC 9110 §7.2:  Host = uri-host [ ":" port ]  (uri-host: an IP-literal in brackets, or a reg-name of
-# unreserved / pct-encoded / sub-delims characters; an IPv4 address is a reg-name too. Checked loosely: the
-# characters, not the structure of an IP address or of a percent escape.)
-HOST = re.compile(r"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]++\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*+)(?::[0-9]*+)?")
+# unreserved / pct-encoded / sub-delims characters; an IPv4 address is a reg-name too. The regex checks the
+# characters; `valid_host` then checks that an IP-literal is an address, since it is the one part a URL
+# library will refuse to parse later.)
+HOST = re.compile(r"(?:\[([0-9A-Za-z:.\-_~!$&'()*+,;=]++)\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*+)(?::[0-9]*+)?")
+# RFC 3986 §3.2.2:  IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
+IP_FUTURE = re.compile(r"[vV][0-9A-Fa-f]++\.[0-9A-Za-z\-._~!$&'()*+,;=:]++")
+# RFC 9112 §3.2.2: a server MUST accept the absolute-form, which for us is an http(s) URI (RFC 9110 §4.2):
+#   http-URI = "http" "://" authority path-abempty [ "?" query ]     (https-URI: the same with "https")
+#   authority = [ userinfo "@" ] host [ ":" port ]  (RFC 3986 §3.2; RFC 9110 §4.2.4: a recipient SHOULD
+#   "treat its presence as an error", so no "@" before the path);  path-abempty = *( "/" segment )
+# A fragment is never part of a request-target (RFC 9112 §3.2), hence no "#". The scheme is case-insensitive.
+ABSOLUTE_FORM = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?+://([^/?#@]++)(/[^?#]*+)?+(?:\?[^#]*+)?+")
 # RFC 9112 §7.1:  chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF;  chunk-size = 1*HEXDIG
 #   chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
 #   chunk-ext-name = token;  chunk-ext-val = token / quoted-string
@@ -146,6 +147,9 @@ HEAD, FIXED_BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, CLOSED = range(7)
 
 INITIAL_CAPACITY = 16 * 1024  # per connection: small, since thousands of idle connections each hold one
 MIN_RECEIVE_ROOM = 4 * 1024  # receive_buffer() never offers less room than this
+# RFC 9112 §2.2 asks a server to ignore "at least one" empty line before a request line. A few are tolerated;
+# more is no client we know of, only one that would keep a connection open with bytes that are no request.
+MAX_EMPTY_LINES = 4
 
 
 class RequestParser:
@@ -158,6 +162,7 @@ class RequestParser:
         self._end = 0  # one past the last byte received
         self._scan = 0  # where the search in progress resumes
         self._line_end = -1  # offset of the request line's CR, once found
+        self._empty_lines = 0  # CRLFs skipped before the request line in progress
         self._state = HEAD
         self._error: HttpError | None = None
         self._pending: Request | None = None  # the request whose head is parsed and whose body is not
@@ -199,8 +204,14 @@ class RequestParser:
 
     @property
     def reading_head(self) -> bool:
-        """True while part of a request head is buffered: the clock of the header timeout runs."""
-        return self._state == HEAD and self._end > self._start
+        """True while part of a request head has arrived (an empty line before it counts): the header timeout
+        runs."""
+        return self._state == HEAD and (self._end > self._start or self._empty_lines > 0)
+
+    @property
+    def reading_body(self) -> bool:
+        """True while a request's head is parsed and the rest of its body awaited: the body timeout runs."""
+        return FIXED_BODY <= self._state <= TRAILERS
 
     def close(self) -> None:
         """Stop parsing: the connection is closing, and every later byte is dropped unparsed."""
@@ -266,6 +277,9 @@ class RequestParser:
             # at least one empty line (CRLF) received prior to the request-line."
             while end - start >= 2 and buffer[start] == 13 and buffer[start + 1] == 10:
                 start += 2
+                self._empty_lines += 1
+            if self._empty_lines > MAX_EMPTY_LINES:
+                raise HttpError(400, "too many empty lines before the request line")
             self._start = start
             scan = max(self._scan, start)
             line_feed = buffer.find(b"\n", scan, end)
@@ -297,19 +311,18 @@ class RequestParser:
             raise HttpError(431, "header section too large")
         start, self._start = self._start, head_end + 4
         self._line_end = -1
+        self._empty_lines = 0
         self._scan = self._start
         # The head's copy: latin-1 turns every byte into one character, so nothing can fail here. (Slicing
         # the bytearray copies twice; decoding a memoryview slice copies once, and neither wins in every
         # workload of bench/parser_micro.py, so the plainer line stays.)
         request, body_length = parse_head(buffer[start:head_end].decode("latin-1"), limits)
         self._pending = request
-        if body_length == 0:
-            self._state = FIXED_BODY
-            self._body_length = 0
-        elif body_length > 0:
+        if body_length >= 0:
+            # The buffer grows as the body arrives, never ahead of it: what a connection holds follows what
+            # its client sent, not the Content-Length it declared.
             self._state = FIXED_BODY
             self._body_length = body_length
-            self._make_room(body_length - (self._end - self._start))  # the whole body will fit: no regrowth
             self._continue_due = request.expects_continue and self._end - self._start < body_length
         else:
             self._state = CHUNK_SIZE
@@ -449,8 +462,7 @@ def parse_head(head: str, limits: Limits) -> tuple[Request, int]:
     is_http10 = version == "HTTP/1.0"
     if not is_http10:
         version = "HTTP/1.1"  # RFC 9112 §2.3: process a higher minor version as the highest we implement
-    if target[0] != "/":
-        check_target(method, target)
+    path = target.partition("?")[0] if target[0] == "/" else target_path(method, target)
     headers = []
     framing = []
     for line in lines[1:]:
@@ -460,38 +472,67 @@ def parse_head(head: str, limits: Limits) -> tuple[Request, int]:
         headers.append((name, value))
         if name in FRAMING_FIELDS:
             framing.append((name, value))
-    request = Request(method, target, version, headers, b"", not is_http10, False, [])
-    return request, apply_framing_fields(request, framing, is_http10, limits)
+    body_length, keep_alive, expects_continue = apply_framing_fields(framing, is_http10, limits)
+    request = Request(
+        method=method,
+        target=target,
+        path=path,
+        version=version,
+        headers=headers,
+        keep_alive=keep_alive,
+        expects_continue=expects_continue,
+    )
+    return request, body_length
 
 
 # --8<-- [end:parse_head]
 
 
-def check_target(method: str, target: str) -> None:
-    """Return if `target` (not origin-form) is an allowed request-target for `method`; raise HttpError."""
+def target_path(method: str, target: str) -> str:
+    """The path of a `target` that is not origin-form (absolute-form or "*"); raises HttpError if it is no
+    allowed request-target for `method`."""
     # RFC 9112 §3.2:  request-target = origin-form / absolute-form / authority-form / asterisk-form
     if target == "*":
         if method != "OPTIONS":  # §3.2.4: asterisk-form is only used for a server-wide OPTIONS request
             raise HttpError(400, "asterisk-form target for a method other than OPTIONS")
-    elif method == "CONNECT":
+        return target
+    if method == "CONNECT":
         # §3.2.3: authority-form is only for CONNECT, which asks a proxy for a tunnel. This is an origin
         # server; RFC 9110 §9.1: a method "not implemented SHOULD respond with the 501 (Not Implemented)".
         raise HttpError(501, "CONNECT is not implemented: this is not a proxy")
-    elif ABSOLUTE_URI_START.match(target) is None:
-        # §3.2.2: a server MUST accept absolute-form (scheme ":" ...); anything else is no target at all.
-        raise HttpError(400, "request target is neither a path, an absolute URI nor '*'")
+    match = ABSOLUTE_FORM.fullmatch(target)
+    if match is None or not valid_host(match[1]):
+        raise HttpError(400, "request target is neither a path, an http(s) URI nor '*'")
+    # §3.2.2: the server then uses the target's authority instead of Host; we route by path alone.
+    return match[2] or "/"
+
+
+def valid_host(host: str) -> bool:
+    """True if `host` (a Host field value, or an absolute-form's authority) is uri-host [ ":" port ]."""
+    match = HOST.fullmatch(host)
+    if match is None:
+        return False
+    ip_literal = match[1]  # RFC 3986 §3.2.2:  IP-literal = "[" ( IPv6address / IPvFuture ) "]"
+    if ip_literal is None or IP_FUTURE.fullmatch(ip_literal) is not None:
+        return True
+    try:
+        ipaddress.IPv6Address(ip_literal)
+    except ValueError:
+        return False
+    return "%" not in ip_literal  # a zone ID ("%eth0") is no part of RFC 3986's IPv6address
 
 
 # --8<-- [start:framing]
 def apply_framing_fields(
-    request: Request, fields: list[tuple[str, str]], is_http10: bool, limits: Limits
-) -> int:
-    """Check Host and the framing fields, set keep_alive and expects_continue on `request` -> body length:
-    0 for none, > 0 for Content-Length, -1 for chunked; raises HttpError."""
+    fields: list[tuple[str, str]], is_http10: bool, limits: Limits
+) -> tuple[int, bool, bool]:
+    """Check Host and the framing fields -> (body length: 0 for none, > 0 for Content-Length, -1 for
+    chunked; keep_alive; expects_continue); raises HttpError."""
     hosts: list[str] = []
     lengths: list[str] = []
     codings: list[str] = []
     connection: set[str] = set()
+    expects_continue = False
     for name, value in fields:
         if name == "host":
             hosts.append(value)
@@ -503,24 +544,21 @@ def apply_framing_fields(
             # RFC 9110 §7.6.1:  Connection = #connection-option;  connection-option = token (case-insensitive)
             connection.update(option.strip(" \t").lower() for option in value.split(","))
         elif value.lower() == "100-continue":  # "expect": other expectations are ignored (§10.1.1 MAY 417)
-            request.expects_continue = not is_http10  # §10.1.1: an HTTP/1.0 100-continue MUST be ignored
+            expects_continue = not is_http10  # §10.1.1: an HTTP/1.0 100-continue MUST be ignored
     # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1 request
     # message that lacks a Host header field and to any request message that contains more than one Host
     # header field line or a Host header field with an invalid field value."
     if len(hosts) != 1 and (hosts or not is_http10):
         raise HttpError(400, "more than one Host field" if hosts else "missing Host field")
-    if hosts and HOST.fullmatch(hosts[0]) is None:
+    if hosts and not valid_host(hosts[0]):
         raise HttpError(400, "invalid Host field")
     # RFC 9112 §9.3: HTTP/1.1 persists unless "close" is sent; HTTP/1.0 persists only with "keep-alive".
-    if "close" in connection:
-        request.keep_alive = False
-    elif is_http10:
-        request.keep_alive = "keep-alive" in connection
+    keep_alive = "close" not in connection and (not is_http10 or "keep-alive" in connection)
     if codings:
-        return chunked_framing(codings, bool(lengths), is_http10)
+        return chunked_framing(codings, bool(lengths), is_http10), keep_alive, expects_continue
     if lengths:
-        return content_length(lengths, limits)
-    return 0
+        return content_length(lengths, limits), keep_alive, expects_continue
+    return 0, keep_alive, expects_continue
 
 
 def chunked_framing(codings: list[str], has_content_length: bool, is_http10: bool) -> int:
@@ -598,9 +636,8 @@ def diagnose_head(head: str) -> HttpError:
 
 def diagnose_field_lines(lines: list[str], what: str) -> HttpError:  # noqa: PLR0911 (one return per diagnosis)
     """The error for field lines that FIELD_LINE rejected (slow path)."""
-    field_line = re.compile(FIELD_LINE)
     for line in lines:
-        if field_line.fullmatch(line) is not None:
+        if FIELD_LINE_PATTERN.fullmatch(line) is not None:
             continue
         if "\r" in line or "\n" in line:
             return HttpError(400, f"bare CR or LF in a {what} line")
@@ -615,7 +652,7 @@ def diagnose_field_lines(lines: list[str], what: str) -> HttpError:  # noqa: PLR
             # §5.1: "A server MUST reject, with a response status code of 400 (Bad Request), any received
             # request message that contains whitespace between a header field name and colon."
             return HttpError(400, f"whitespace between a {what} field name and the colon")
-        if re.fullmatch(TOKEN, name) is None:
+        if TOKEN_PATTERN.fullmatch(name) is None:
             return HttpError(400, f"invalid {what} field name")
         return HttpError(400, f"invalid character in a {what} field value")
     return HttpError(400, f"malformed {what} section")
@@ -689,7 +726,7 @@ def render_response(
     lines.append("\r\n")
     head = "".join(lines).encode("latin-1")
     # RFC 9110 §9.3.2: the response to HEAD is that of GET, Content-Length included, without the content.
-    if not body or (request is not None and request.method == "HEAD"):
+    if not body or (request is not None and request.is_head):
         return head
     return head + body
 

@@ -4,7 +4,14 @@ The event loop is the echo server's. What changes is what happens to the bytes: 
 to its own sans-I/O parser (protocol.py), answers every complete request in order, and closes when the
 protocol, a limit or a timeout says so. Closing is the subtle part: a server that closes while the client
 is still sending makes the kernel answer with a reset, which can destroy the response the client has not
-read yet, so we half-close and drain first (a "lingering close"). The application is tiny and hard-coded.
+read yet, so we half-close and drain first (a "lingering close"). Stopping is closing for everyone at once:
+a signal makes the loop drain (no new clients, requests in flight finished) instead of dropping them. The
+application is tiny and hard-coded.
+
+Every timeout measures the client, never the server: a head must arrive within the header timeout, a body
+at a minimum rate, and neither clock runs while the server itself has stopped reading (backpressure). And no
+input, nor any bug it finds, may stop the server: an exception while serving one connection costs that
+connection alone.
 """
 
 import errno
@@ -14,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from types import FrameType
 
 from .protocol import (
@@ -31,8 +39,15 @@ LISTEN_BACKLOG = 1024
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_LIMITS = Limits()
-# A client has this long to send a whole request head, however it trickles the bytes (slowloris).
+# A client has this long to send a whole request head, however it trickles the bytes (slowloris), counted
+# from its first byte, or from accept() for the first request of a connection.
 DEFAULT_HEADER_TIMEOUT = 10.0
+# A body has this long from the end of its head, plus a second for every DEFAULT_BODY_MIN_RATE bytes that
+# arrive, but never more than this much ahead (Apache's mod_reqtimeout default: body=20,MinRate=500).
+DEFAULT_BODY_TIMEOUT = 20.0
+DEFAULT_BODY_MIN_RATE = 500  # bytes per second
+# After SIGTERM or SIGINT, how long requests in flight have to finish before they are cut.
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 # After an answer that ends the connection, how long we keep draining what the client still sends.
 LINGER_TIMEOUT = 2.0
 # Backpressure: stop reading from a client that has this much of our output still unread...
@@ -45,6 +60,8 @@ EPOLLIN, EPOLLOUT, EPOLLET = select.EPOLLIN, select.EPOLLOUT, select.EPOLLET
 HANGUP = select.EPOLLHUP | select.EPOLLERR
 # accept() errors that say "the machine is out of something", not "this client failed".
 RESOURCE_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Which strict deadline a connection's `strict_deadline` is: the clock that runs on it now.
+NO_CLOCK, HEAD_CLOCK, BODY_CLOCK, LINGER_CLOCK = range(4)
 
 
 # --8<-- [start:app]
@@ -65,20 +82,24 @@ def handle(request: Request) -> bytes:
 # --8<-- [end:app]
 
 
-class StopServer(Exception):
-    """Raised by the SIGINT and SIGTERM handler to unwind the server from wherever it is blocked."""
-
-
 # --8<-- [start:stop]
-def _raise_stop_server(signum: int, frame: FrameType | None) -> None:
-    raise StopServer(signal.Signals(signum).name)
+def _wake_the_loop(signum: int, frame: FrameType | None) -> None:
+    """Nothing to do here: the signal's number is already on its way to the loop through the wakeup fd."""
 
 
-def install_stop_handlers() -> None:
-    # A signal interrupts the blocked epoll.poll(); Python runs this handler, and because it raises, the
-    # call unwinds with StopServer instead of being retried (PEP 475 retries only if none raises).
+def install_stop_handlers(wakeup_fd: int) -> None:
+    # Python's C-level handler writes each signal's number to wakeup_fd, which the loop watches with epoll
+    # like any socket: a stop is then handled between two events, never half-way through one (a handler that
+    # raised could unwind the server from anywhere, even from the middle of a close). The Python-level
+    # handler has nothing left to do, but it must exist: the default action of SIGTERM is to kill us.
+    signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _raise_stop_server)
+        signal.signal(signum, _wake_the_loop)
+
+
+def log_exception(what: str) -> None:
+    """One log entry on stderr: what happened, then the traceback of the exception being handled."""
+    print(f"{what}:\n{traceback.format_exc()}", end="", file=sys.stderr, flush=True)
 
 
 # --8<-- [end:stop]
@@ -122,6 +143,7 @@ class Connection:
 
     # __slots__: no per-object __dict__, so ten thousand idle connections cost ten thousand small objects.
     __slots__ = (
+        "clock",
         "closing",
         "deadline",
         "fd",
@@ -134,7 +156,7 @@ class Connection:
         "strict_deadline",
     )
 
-    def __init__(self, sock: socket.socket, deadline: float, limits: Limits) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, head_deadline: float, limits: Limits) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.pending_output = bytearray()  # bytes the kernel would not take yet, in order
@@ -142,8 +164,10 @@ class Connection:
         self.peer_closed = False  # recv() returned 0: the client shut down its sending side
         self.interest = EPOLLIN  # the events epoll watches for on this socket now
         self.deadline = deadline  # close the connection if nothing happens on it before this time
-        # A deadline that activity does not push back: the header timeout, then the lingering close.
-        self.strict_deadline: float | None = None
+        # A deadline that activity does not push back (the header and body timeouts, the lingering close),
+        # and which of them it is. The first head's clock starts now, at accept().
+        self.strict_deadline: float | None = head_deadline
+        self.clock = HEAD_CLOCK
         self.parser = RequestParser(limits)  # owns the receive buffer: what is not yet a whole request
         self.closing = False  # the answer that ends this connection is queued: read nothing more into it
 
@@ -161,6 +185,9 @@ class Server:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        body_min_rate: int = DEFAULT_BODY_MIN_RATE,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
         limits: Limits = DEFAULT_LIMITS,
         high_water_mark: int = DEFAULT_HIGH_WATER_MARK,
         low_water_mark: int = DEFAULT_LOW_WATER_MARK,
@@ -173,31 +200,55 @@ class Server:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.body_min_rate = body_min_rate
+        self.shutdown_timeout = shutdown_timeout
         self.limits = limits
         # Check deadlines ten times per timeout: a connection closes at most 10% late, for one O(n) scan.
-        self.sweep_interval = min(idle_timeout / 10, header_timeout / 10, 1.0)
+        self.sweep_interval = min(idle_timeout / 10, header_timeout / 10, body_timeout / 10, 1.0)
         self.next_sweep = 0.0
         self.high_water_mark = high_water_mark
         self.low_water_mark = low_water_mark
         self.edge_triggered = edge_triggered
         self.trigger_flag = EPOLLET if edge_triggered else 0
         self.accepting = True
+        # Signals reach the loop as bytes on this socket pair (see install_stop_handlers).
+        self.wakeup_reader, self.wakeup_writer = socket.socketpair()
+        self.wakeup_reader.setblocking(False)
+        self.wakeup_writer.setblocking(False)
+        self.running = True
+        self.draining = False  # a stop signal came: no new clients, and every answer is a connection's last
+        self.stop_deadline = 0.0
 
     # --8<-- [start:loop]
     def serve_forever(self) -> None:
+        """Serve until a stop signal: the first drains the server, the second (or the shutdown timeout) ends
+        it at once."""
         self.epoll.register(self.listener_fd, EPOLLIN | self.trigger_flag)
+        self.epoll.register(self.wakeup_reader.fileno(), EPOLLIN)
+        while self.running:
+            try:
+                self.poll_once()
+            except Exception:
+                # The last resort, for a bug outside any one connection (accepting, the sweep): log it and
+                # serve on. Level-triggered epoll reports again what this batch of events left unhandled.
+                log_exception("unexpected error in the event loop, which serves on")
+
+    def poll_once(self) -> None:
         connections = self.connections
-        while True:
-            # EINTR needs no handling: Python retries poll() after a signal handler that does not raise.
-            events = self.epoll.poll(self.sweep_interval)
-            now = time.monotonic()
-            for fd, mask in events:
-                if fd == self.listener_fd:
-                    self.accept_clients(now)
-                    continue
-                connection = connections.get(fd)
-                if connection is None:  # closed earlier in this same batch of events
-                    continue
+        # EINTR needs no handling: Python retries poll() after a signal handler that does not raise.
+        events = self.epoll.poll(self.sweep_interval)
+        now = time.monotonic()
+        for fd, mask in events:
+            if fd == self.listener_fd:
+                self.accept_clients(now)
+                continue
+            connection = connections.get(fd)
+            if connection is None:  # the wakeup socket, or a connection closed earlier in this batch
+                if fd == self.wakeup_reader.fileno():
+                    self.on_stop_signal(now)
+                continue
+            try:
                 if mask & HANGUP:  # reset, or both directions shut: nobody is left to answer
                     self.close(connection)
                     continue
@@ -206,8 +257,15 @@ class Server:
                     self.on_readable(connection)
                 if mask & EPOLLOUT and fd in connections:
                     self.on_writable(connection)
-            if now >= self.next_sweep:
-                self.close_idle_connections(now)
+            except Exception:
+                # A bug met while serving this connection costs this connection alone. Out here we cannot
+                # know whether an answer is half-sent, so a 500 could corrupt the stream: close is all.
+                log_exception(f"unexpected error serving connection fd {fd}, which is closed")
+                self.close(connection)
+        if now >= self.next_sweep:
+            self.close_idle_connections(now)
+        if self.draining and (not connections or now >= self.stop_deadline):
+            self.running = False
 
     # --8<-- [end:loop]
 
@@ -232,7 +290,7 @@ class Server:
             sock.setblocking(False)  # an accepted socket does not inherit O_NONBLOCK from the listener
             # Each response leaves in one send(); Nagle would hold back the next one behind a delayed ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            connection = Connection(sock, now + self.idle_timeout, self.limits)
+            connection = Connection(sock, now + self.idle_timeout, now + self.header_timeout, self.limits)
             self.connections[connection.fd] = connection
             self.epoll.register(connection.fd, EPOLLIN | self.trigger_flag)
 
@@ -242,6 +300,8 @@ class Server:
         self.epoll.modify(self.listener_fd, 0)
 
     def resume_accepting(self) -> None:
+        if self.draining:
+            return  # the listener is closed for good
         self.accepting = True
         # Re-arming also re-checks readiness, so clients that queued meanwhile are reported even in ET mode.
         self.epoll.modify(self.listener_fd, EPOLLIN | self.trigger_flag)
@@ -273,16 +333,35 @@ class Server:
         connection.parser.received(count)  # a closing connection's parser drops the bytes: we drain
         if not connection.closing:
             self.process_requests(connection)
-            self.time_request_head(connection)
+            self.time_request(connection, count)
 
-    def time_request_head(self, connection: Connection) -> None:
-        # The header timeout runs from the first byte of a head; more bytes do not push it back (slowloris).
+    # --8<-- [start:clocks]
+    def time_request(self, connection: Connection, count: int) -> None:
+        """Start, move or stop the strict deadline of the request in progress, after `count` new bytes."""
         if connection.closing:
             return  # the lingering close has its own deadline
-        if not connection.parser.reading_head:
-            connection.strict_deadline = None
-        elif connection.strict_deadline is None:
-            connection.strict_deadline = time.monotonic() + self.header_timeout
+        parser = connection.parser
+        if not connection.reading:  # backpressure: it is we who stopped reading, so no clock runs
+            connection.clock, connection.strict_deadline = NO_CLOCK, None
+        elif parser.reading_head:
+            # A head has header_timeout from its first byte, an empty line included; more bytes do not push
+            # the deadline back (slowloris).
+            if connection.clock != HEAD_CLOCK:
+                connection.clock = HEAD_CLOCK
+                connection.strict_deadline = time.monotonic() + self.header_timeout
+        elif parser.reading_body:
+            # A body earns 1/body_min_rate s for every byte, up to body_timeout ahead: a client that trickles
+            # runs out of time, one that pauses after sending fast has body_timeout at most.
+            now = time.monotonic()
+            if connection.clock != BODY_CLOCK or connection.strict_deadline is None:
+                connection.clock, connection.strict_deadline = BODY_CLOCK, now + self.body_timeout
+            else:
+                earned = connection.strict_deadline + count / self.body_min_rate
+                connection.strict_deadline = min(earned, now + self.body_timeout)
+        else:
+            connection.clock, connection.strict_deadline = NO_CLOCK, None
+
+    # --8<-- [end:clocks]
 
     def on_peer_closed(self, connection: Connection) -> None:
         # A half-close (shutdown(SHUT_WR)) still expects its answers: finish sending, then close.
@@ -302,30 +381,42 @@ class Server:
         responses = []
         # Pipelining: one read may hold many requests. Stop at a closing one, or when the client is not
         # reading our answers (backpressure): the rest waits, unparsed, in the parser.
-        while not connection.closing and len(connection.pending_output) < self.high_water_mark:
+        while not connection.closing and self.has_room_for_output(connection):
             try:
                 request = parser.next_request()
+                if request is None:
+                    if parser.take_continue():  # the client waits for our go-ahead before sending the body
+                        responses.append(CONTINUE_RESPONSE)
+                    break
+                if self.draining and request.keep_alive:
+                    request.keep_alive = False  # stopping: this answer is the connection's last, and says so
+                    parser.close()
+                responses.append(handle(request))
             except HttpError as error:
                 responses.append(error_response(error))
                 connection.closing = True
                 break
-            if request is None:
-                if parser.take_continue():  # the client waits for our go-ahead before sending the body
-                    responses.append(CONTINUE_RESPONSE)
+            except Exception:
+                # A bug, in the parser or the application, costs this connection alone: the answers before
+                # it are whole and go out first, the request that met it gets a 500, then we close.
+                log_exception(f"unexpected error answering a request on connection fd {connection.fd}")
+                responses.append(error_response(HttpError(500, "unexpected error")))
+                connection.closing = True
+                parser.close()
                 break
-            responses.append(handle(request))
             if not request.keep_alive:
                 connection.closing = True
         if responses:
-            connection.strict_deadline = None  # a head is complete: the next one starts its own clock
-            self.send(connection, responses[0] if len(responses) == 1 else b"".join(responses))
+            connection.clock = NO_CLOCK  # a head is complete: the next one starts its own clock
+            connection.strict_deadline = None
+            self.send(connection, b"".join(responses))
         if connection.closing and not connection.pending_output and connection.fd in self.connections:
             self.linger(connection)
 
     # --8<-- [end:requests]
 
     # --8<-- [start:write]
-    def send(self, connection: Connection, data: bytes | memoryview) -> None:
+    def send(self, connection: Connection, data: bytes) -> None:
         """Send now what the kernel takes, queue the rest behind what is already waiting."""
         if not connection.pending_output:
             # Fast path: nothing queued, so hand the bytes straight to the kernel; it usually takes them all.
@@ -339,7 +430,6 @@ class Server:
             if sent == len(data):
                 return
             data = data[sent:]
-        # Copy, because `data` is a view of the shared receive buffer that the next recv overwrites.
         connection.pending_output += data
         self.update_interest(connection)
 
@@ -371,13 +461,19 @@ class Server:
     # --8<-- [end:write]
 
     # --8<-- [start:backpressure]
+    def has_room_for_output(self, connection: Connection) -> bool:
+        """Backpressure's one test: below the high-water mark we parse and read; at or above it, neither."""
+        return len(connection.pending_output) < self.high_water_mark
+
     def update_interest(self, connection: Connection) -> None:
-        """Watch for EPOLLOUT only while output is pending; pause reading above the high-water mark."""
+        """Watch for EPOLLOUT only while output is pending; pause reading at the high-water mark."""
         pending = len(connection.pending_output)
-        if connection.reading and pending > self.high_water_mark:
-            connection.reading = False  # this client does not read its echo: stop reading what it sends
+        if connection.reading and not self.has_room_for_output(connection):
+            connection.reading = False  # this client does not read our answers: stop reading what it sends
+            self.time_request(connection, 0)
         elif not connection.reading and not connection.peer_closed and pending < self.low_water_mark:
             connection.reading = True
+            self.time_request(connection, 0)
         interest = (EPOLLIN if connection.reading else 0) | (EPOLLOUT if pending else 0)
         if interest != connection.interest:  # epoll_ctl is a system call: make it only on a change
             connection.interest = interest
@@ -399,10 +495,13 @@ class Server:
             self.close(connection)
             return
         connection.reading = True
+        connection.clock = LINGER_CLOCK
         connection.strict_deadline = time.monotonic() + LINGER_TIMEOUT
         self.update_interest(connection)
 
     def close(self, connection: Connection) -> None:
+        if self.connections.get(connection.fd) is not connection:
+            return  # closed already (an error path may close twice)
         del self.connections[connection.fd]
         connection.reading = False  # ends an edge-triggered read loop that is still running on it
         # Closing the only descriptor of a socket also removes it from epoll: no unregister call needed.
@@ -423,19 +522,62 @@ class Server:
         if connection.closing:
             self.close(connection)  # the lingering close is over, drained or not
             return
-        # A request head did not arrive in time: tell the client so, then close.
+        if connection.clock == HEAD_CLOCK and not connection.parser.reading_head:
+            self.close(connection)  # a client that connected and never sent a byte: no answer to give
+            return
+        # A request head or body did not arrive in time: tell the client so, then close.
+        part = "head" if connection.clock == HEAD_CLOCK else "body"
         connection.closing = True
         connection.parser.close()
-        self.send(connection, error_response(HttpError(408, "request head not received in time")))
+        self.send(connection, error_response(HttpError(408, f"request {part} not received in time")))
         if connection.fd in self.connections and not connection.pending_output:
             self.linger(connection)
 
     # --8<-- [end:close]
 
+    # --8<-- [start:drain]
+    def on_stop_signal(self, now: float) -> None:
+        """SIGINT or SIGTERM woke the loop: the first drains the server, the second stops it at once."""
+        try:
+            signal_numbers = self.wakeup_reader.recv(64)
+        except BlockingIOError:
+            return
+        for signum in signal_numbers:
+            name = signal.Signals(signum).name
+            if self.draining:
+                print(f"{name} again: stopping now", file=sys.stderr, flush=True)
+                self.running = False
+            else:
+                self.start_draining(name, now)
+
+    def start_draining(self, reason: str, now: float) -> None:
+        """Stop accepting, close the idle connections, and give the others until the shutdown timeout to
+        finish the requests in flight, each answer with `Connection: close`."""
+        self.draining = True
+        self.stop_deadline = now + self.shutdown_timeout
+        self.epoll.unregister(self.listener_fd)
+        self.listener.close()  # from now on the kernel refuses new clients
+        self.listener_fd = -1
+        for connection in list(self.connections.values()):
+            if not (connection.closing or connection.pending_output or connection.parser.has_partial_request):
+                self.close(connection)  # between two requests: nothing is in flight on it
+        print(
+            f"{reason}: draining {len(self.connections)} connection(s) for at most {self.shutdown_timeout} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def shutdown(self) -> None:
+        """Close what is left (connections the shutdown timeout, or a second signal, cut short)."""
+        if self.connections:
+            print(f"stopping: {len(self.connections)} connection(s) cut", file=sys.stderr, flush=True)
         for connection in list(self.connections.values()):
             self.close(connection)
         self.epoll.close()
+        self.wakeup_reader.close()
+        self.wakeup_writer.close()
+
+    # --8<-- [end:drain]
 
 
 def serve(
@@ -445,29 +587,39 @@ def serve(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    body_min_rate: int = DEFAULT_BODY_MIN_RATE,
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     limits: Limits = DEFAULT_LIMITS,
     edge_triggered: bool = False,
 ) -> int:
     """Serve until SIGINT or SIGTERM; return the exit status."""
-    install_stop_handlers()
     old_limit, new_limit = raise_open_file_limit()
     change = f"raised from {old_limit} to" if new_limit != old_limit else "already at"
     print(f"open-file limit (RLIMIT_NOFILE) {change} {new_limit}", file=sys.stderr)
-    with create_listener(host, port) as listener:
-        bound_host, bound_port = listener.getsockname()[:2]
-        print(f"listening on {bound_host}:{bound_port}", flush=True)
+    try:
+        listener = create_listener(host, port)
+    except OSError as error:
+        print(f"error: cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
+        return 2
+    with listener:
         server = Server(
             listener,
             max_connections=max_connections,
             idle_timeout=idle_timeout,
             header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            body_min_rate=body_min_rate,
+            shutdown_timeout=shutdown_timeout,
             limits=limits,
             edge_triggered=edge_triggered,
         )
+        # Before we say we listen: from then on a signal finds its handler, and the loop finds the signal.
+        install_stop_handlers(server.wakeup_writer.fileno())
+        bound_host, bound_port = listener.getsockname()[:2]
+        print(f"listening on {bound_host}:{bound_port}", flush=True)
         try:
             server.serve_forever()
-        except StopServer:
-            pass
         finally:
             server.shutdown()
     return 0
