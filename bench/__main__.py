@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import resource
 import shutil
 import signal
 import sys
@@ -38,6 +37,7 @@ from bench.results import (
     machine_facts,
     write,
 )
+from tools.phases import REPO_ROOT, raise_open_file_limit
 
 IDLE = "idle"  # the memory test, selectable with --scenarios like the wrk scenarios
 SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in wrk.SCENARIOS}
@@ -128,7 +128,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output-root",
         type=Path,
-        default=targets.REPO_ROOT,
+        default=REPO_ROOT,
         help="write bench/results/, docs/assets/bench/ and docs/generated/bench/ under this directory"
         " (default: the repository)",
     )
@@ -156,19 +156,6 @@ def check_cpus(server: set[int], client: set[int]) -> str | None:
         if not cpus <= usable:
             return f"--{role}-cpus {sorted(cpus)}: this machine offers CPUs {sorted(usable)} only"
     return None
-
-
-def raise_fd_limit(wanted: int) -> int:
-    """Raise this process's descriptor limit (servers and wrk inherit it); return what we got."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))  # root may raise the hard limit
-            return wanted
-        except (ValueError, PermissionError):
-            wanted = hard
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
-    return max(soft, wanted)
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -440,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     # The harness (and the asyncio client of the memory test) stays off the server's CPUs too.
     os.sched_setaffinity(0, parse_cpus(options.client_cpus))
     wanted_fds = chosen.settings.idle_connections + FD_HEADROOM
-    if (fd_limit := raise_fd_limit(wanted_fds)) < wanted_fds:
+    if (fd_limit := raise_open_file_limit(wanted_fds)) < wanted_fds:
         print(f"note: the descriptor limit, {fd_limit}, is low for the memory test", file=sys.stderr)
     print(
         f"measuring {len(chosen.targets)} target(s), {len(chosen.scenarios)} scenario(s)"

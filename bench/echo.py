@@ -30,7 +30,6 @@ import errno
 import json
 import math
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -45,10 +44,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.phases import PhaseProcess, phase_command
 from bench.results import host_facts
+from tools.phases import REPO_ROOT, PhaseProcess, phase_command, raise_open_file_limit
+from tools.phases import pinned as pinned_to
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_CPU = 1
 CLIENT_CPU = 0
 STARTUP_TIMEOUT = 10.0
@@ -262,7 +261,7 @@ def server_command(variant: ServerVariant, pinned: bool) -> list[str]:
 
 
 def server_pinning(pinned: bool) -> list[str]:
-    return ["taskset", "--cpu-list", str(SERVER_CPU)] if pinned else []
+    return pinned_to(str(SERVER_CPU), []) if pinned else []
 
 
 def start_server(variant: ServerVariant, pinned: bool) -> PhaseProcess:
@@ -377,10 +376,7 @@ def round_trips_per_client(clients: int, *, at_least: int, per_cell: int) -> int
 def pin_client(pinned: bool) -> None:
     if pinned:
         os.sched_setaffinity(0, {CLIENT_CPU})
-    # One descriptor per client, and the default soft limit is often 1024.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_file_limit()  # one descriptor per client, and the default soft limit is often 1024
 
 
 def machine_facts(pinned: bool) -> dict[str, Any]:

@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 
 from bench import targets, wrk
+from tools.phases import REPO_ROOT, pinned
 
-FLAME_DIR = targets.REPO_ROOT / "docs" / "assets" / "flame"
+FLAME_DIR = REPO_ROOT / "docs" / "assets" / "flame"
 
 
 class FlameError(Exception):
@@ -40,7 +41,7 @@ def find_phase(name: str) -> targets.Target:
         if phase.name == name:
             return phase
     known = ", ".join(phase.name for phase in http_phases) or "none yet"
-    if (targets.REPO_ROOT / name / "__init__.py").is_file():
+    if (REPO_ROOT / name / "__init__.py").is_file():
         raise FlameError(f"{name} does not serve HTTP (no 'http' in its CAPABILITIES); HTTP phases: {known}")
     raise FlameError(f"no phase named {name}; HTTP phases: {known}")
 
@@ -64,7 +65,7 @@ def profile(phase: targets.Target, scenario: wrk.Scenario, options: argparse.Nam
             print(f"profiling {phase.name} (pid {server.pid}) under {scenario.name} for {sampling_s} s")
             loader = subprocess.Popen(load, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             sampled = subprocess.run(
-                targets.pinned(options.client_cpus, record),
+                pinned(options.client_cpus, record),
                 capture_output=True,
                 text=True,
                 timeout=options.duration + 30,

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 
 from bench import cpu
-from bench.targets import HOST, RunningTarget
+from bench.targets import RunningTarget
+from tools.phases import HOST
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 OPENING_CONCURRENCY = 256  # connections being set up at once: enough to be quick, few enough for any backlog

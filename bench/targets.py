@@ -1,10 +1,14 @@
 """The servers we measure, and how each one is started, checked and stopped.
 
 A target is either one of our HTTP phases or a peer: a well-known server serving the same hello world. Each is
-started the same way: on a port we choose, pinned to the server CPUs with `taskset`, in its own process group
-(nginx, gunicorn and granian fork workers; stopping the group stops them all), with its output in a log file.
-It counts as ready once `GET /` answers 200 `text/plain` `Hello, World!`: the same check for every target, so
-no target is measured serving something else. A peer whose tool is missing is skipped with the reason.
+started the same way: on port 0, so the kernel picks a free port and no other process can take it first,
+pinned to the server CPUs with `taskset`, in its own process group (nginx, gunicorn and granian fork workers;
+stopping the group stops them all), with its output in a log file. Not every peer prints the port it got, so
+the harness asks the kernel (psutil) which port the server's process tree listens on. It counts as ready once
+`GET /` answers 200 `text/plain` `Hello, World!`: the same check for every target, so no target is measured
+serving something else. A peer whose tool is missing is skipped with the reason. The tradeoff: nginx refuses
+`listen ...:0`, so for nginx alone the harness picks a free port and nginx binds it a moment later; if another
+process takes it in between, nginx fails to start and the run says so.
 """
 
 from __future__ import annotations
@@ -24,16 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bench.phases import find_phases, phase_capabilities
+import psutil
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tools.phases import HOST, REPO_ROOT, find_phases, phase_capabilities, phase_command, pinned
+
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
-HOST = "127.0.0.1"
 EXPECTED_BODY = b"Hello, World!"
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
-# A target's command line, given the port it must listen on and a scratch directory for its files.
+# A target's command line, given the port it must listen on (0: any) and a scratch directory for its files.
 CommandFactory = Callable[[int, Path], list[str]]
 
 
@@ -56,7 +60,7 @@ class Target:
 
 def _phase_command(name: str) -> CommandFactory:
     def command(port: int, scratch: Path) -> list[str]:
-        return [sys.executable, "-m", name, "--host", HOST, "--port", str(port)]
+        return phase_command(name)  # on port 0, always
 
     return command
 
@@ -103,6 +107,10 @@ def _nginx_missing() -> str | None:
 
 
 def _nginx_command(port: int, scratch: Path) -> list[str]:
+    if port == 0:  # nginx rejects port 0 in `listen`: the one target that needs a port chosen for it
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            port = probe.getsockname()[1]
     template = string.Template((PEERS_DIR / "nginx.conf").read_text())
     (scratch / "nginx.conf").write_text(template.substitute(prefix=scratch, port=port))
     nginx = nginx_path()
@@ -250,13 +258,6 @@ def select(names: list[str], phases: list[Target]) -> list[Target]:
 # --------------------------------------------------------------------------------------------- running
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def check_hello(port: int, timeout: float = 2.0) -> str | None:
     """None if `GET /` answers the bench's hello world; otherwise what is wrong. Raises OSError if no server
     accepts the connection yet."""
@@ -282,9 +283,9 @@ class RunningTarget:
 
     target: Target
     process: subprocess.Popen[bytes]
-    port: int
     command: list[str]
     log_path: Path
+    port: int = 0  # known once the server listens
 
     @property
     def pid(self) -> int:
@@ -326,16 +327,10 @@ def _signal_group(process_group: int, sig: signal.Signals) -> None:
         pass
 
 
-def pinned(cpus: str, command: list[str]) -> list[str]:
-    """`taskset` execs the command: the pid we get is the server's own, and its children inherit the CPUs."""
-    return ["taskset", "--cpu-list", cpus, *command]
-
-
 def start(target: Target, cpus: str, scratch: Path) -> RunningTarget:
     """Start a target pinned to `cpus` and return once it serves the hello world; TargetFailed otherwise."""
     scratch.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    command = pinned(cpus, target.command(port, scratch))
+    command = pinned(cpus, target.command(0, scratch))
     log_path = scratch / f"{target.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -346,7 +341,7 @@ def start(target: Target, cpus: str, scratch: Path) -> RunningTarget:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    running = RunningTarget(target, process, port, command, log_path)
+    running = RunningTarget(target, process, command, log_path)
     try:
         _wait_until_ready(running)
     except TargetFailed:
@@ -355,12 +350,35 @@ def start(target: Target, cpus: str, scratch: Path) -> RunningTarget:
     return running
 
 
+def listening_port(pid: int) -> int | None:
+    """The TCP port on HOST that the process tree under `pid` listens on, or None if none does yet."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return None
+    for process in tree:
+        try:
+            connections = process.net_connections(kind="tcp4")
+        except psutil.NoSuchProcess:
+            continue
+        for connection in connections:
+            if connection.status == psutil.CONN_LISTEN and connection.laddr.ip == HOST:
+                port: int = connection.laddr.port
+                return port
+    return None
+
+
 def _wait_until_ready(running: RunningTarget) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if (reason := running.exited()) is not None:
             raise TargetFailed(reason)
+        if not running.port and (port := listening_port(running.pid)) is not None:
+            running.port = port
         try:
+            if not running.port:
+                raise ConnectionRefusedError("not listening yet")
             problem = check_hello(running.port)
         except (OSError, http.client.HTTPException):
             time.sleep(0.05)  # not listening yet: polling is the only portable way for every target

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.phases import pinned
+
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 JSON_PREFIX = "wrk-json: "
 REQUEST_TIMEOUT_SECONDS = 2  # wrk's default, written out: a response slower than this counts as a timeout
@@ -73,7 +75,7 @@ def command(scenario: Scenario, url: str, duration_s: int, cpus: str) -> list[st
     wrk.append(url)
     if scenario.pipeline_depth > 1:
         wrk += ["--", str(scenario.pipeline_depth)]  # the script's argument: requests per write
-    return ["taskset", "--cpu-list", cpus, *wrk]
+    return pinned(cpus, wrk)
 
 
 def parse_output(stdout: str) -> WrkResult:

@@ -26,9 +26,7 @@ from types import ModuleType
 
 import pytest
 
-from bench.phases import PhaseProcess, find_phases, phase_capabilities
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tools.phases import REPO_ROOT, PhaseProcess, find_phases, phase_capabilities
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import pytest
 
 from bench import charts, cpu, report, results, targets, wrk
 from bench.__main__ import parse_cpus
-from conftest import REPO_ROOT, Phase, require_tool
+from conftest import Phase, require_tool
+from tools.phases import REPO_ROOT
 
 # Captured from `wrk -s bench/lua/report.lua` (wrk 4.1.0): its own report, then our hook's line.
 WRK_JSON = {

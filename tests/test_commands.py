@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.phases import find_phases
-from conftest import REPO_ROOT
+from tools.phases import REPO_ROOT, find_phases
 
 # As printed in the docs. Where the virtualenv is elsewhere, its pytest stands in for `.venv/bin/pytest`.
 TYPED_PYTEST = ".venv/bin/pytest"

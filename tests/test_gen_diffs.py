@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT
+from tools.phases import REPO_ROOT
 
 GEN_DIFFS = REPO_ROOT / "tools" / "gen_diffs.py"
 

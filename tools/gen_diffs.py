@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, this file has tools/ on sys.path, not the repository root that holds `bench`.
-sys.path.insert(0, str(REPO_ROOT))
-from bench.phases import find_phases  # noqa: E402
+# Run as a script, this file has tools/ on sys.path, not the repository root that holds the `tools` package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.phases import REPO_ROOT, find_phases
 
 EXCLUDED_DIR_NAMES = frozenset({"__pycache__"})
 DIFFS_DIR = Path("docs") / "diffs"

@@ -1,7 +1,7 @@
 """The phase packages: finding them, reading their CAPABILITIES, and running one as a server.
 
-The tests, the bench harness and tools/gen_diffs.py all start from `find_phases`; the tests and the echo
-benchmark run servers with `PhaseProcess`:
+The tests, the bench harness and tools/gen_diffs.py all start from `find_phases`; the tests and the bench run
+servers with `PhaseProcess`, pinned to CPUs with `pinned()`, after `raise_open_file_limit()`:
 
     server = PhaseProcess("phase2_nonblocking", "--trigger", "edge", root=REPO_ROOT)
     ...  # talk to server.address
@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import resource
 import selectors
 import signal
 import subprocess
@@ -29,6 +30,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
@@ -46,6 +48,12 @@ def find_phases(root: Path) -> list[Path]:
     return [path for _, path in sorted(numbered)]
 
 
+def newest_phase_with(root: Path, file_name: str) -> Path | None:
+    """The last phase directory (by N) that holds `file_name`, e.g. the newest with a protocol.py."""
+    having = [path for path in find_phases(root) if (path / file_name).is_file()]
+    return having[-1] if having else None
+
+
 def phase_capabilities(package_dir: Path) -> frozenset[str]:
     """The CAPABILITIES frozenset of a phase package, imported with its parent directory on sys.path."""
     if not (package_dir / "__init__.py").is_file():
@@ -56,6 +64,29 @@ def phase_capabilities(package_dir: Path) -> frozenset[str]:
     if not isinstance(capabilities, frozenset):
         raise ValueError(f"{package_dir}/__init__.py must define CAPABILITIES = frozenset({{...}})")
     return frozenset(str(capability) for capability in capabilities)
+
+
+def pinned(cpus: str, command: Sequence[str]) -> list[str]:
+    """`taskset --cpu-list CPUS COMMAND`. taskset execs the command, so the pid is the command's own, and its
+    children inherit the CPUs."""
+    return ["taskset", "--cpu-list", cpus, *command]
+
+
+def raise_open_file_limit(wanted: int | None = None) -> int:
+    """Raise this process's soft limit on open descriptors (children inherit it) to `wanted`, or to the hard
+    limit if None; root may raise the hard limit too. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted is None:
+        wanted = hard
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, PermissionError):
+            wanted = hard
+    new_soft = wanted if soft == resource.RLIM_INFINITY else max(soft, wanted)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+    return new_soft
 
 
 def phase_command(package: str, *options: str, prefix: Sequence[str] = ()) -> list[str]:

@@ -1,4 +1,4 @@
-"""Hello world on aiohttp's web server, on the standard asyncio event loop (like our phases).
+"""Hello world on aiohttp's web server, on the standard asyncio event loop.
 
 Usage: python -m bench.peers.aiohttp_app --host 127.0.0.1 --port 8080
 """
@@ -19,7 +19,6 @@ def main() -> None:
     options = parser.parse_args()
     app = web.Application()
     app.router.add_get("/", hello)
-    print(f"listening on {options.host}:{options.port}", flush=True)
     web.run_app(app, host=options.host, port=options.port, access_log=None, print=None, backlog=2048)
 
 
