@@ -1,7 +1,10 @@
-"""tools/gen_diffs.py writes one diff per chapter and `--check` catches every way they go stale."""
+"""tools/gen_diffs.py writes one diff per chapter, as `diff -ruN` prints it, and `--check` catches every way
+they go stale."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +42,35 @@ def test_writes_a_diff_and_a_stat_per_consecutive_pair(tmp_path: Path) -> None:
         "phase2_second_to_phase10_last.stat.md",
     ]
     diff = (diffs / "phase1_first_to_phase2_second.diff").read_text()
-    assert "--- a/phase1_first/server.py\n+++ b/phase2_second/server.py\n" in diff
+    assert "--- phase1_first/server.py\n+++ phase2_second/server.py\n" in diff
     assert "-b = 2\n+b = 3\n" in diff
     assert "+y\n" in diff and "-x\n" in diff  # new and deleted files in full
-    assert "__pycache__" not in diff
+    assert ".pyc" not in diff  # __pycache__ is excluded
     assert (diffs / "phase2_second_to_phase10_last.diff").read_text() == ""
     assert gen_diffs(tmp_path, "--check").returncode == 0
+    stat = (diffs / "phase1_first_to_phase2_second.stat.md").read_text()
+    assert "| `gone.py` (deleted) | +0 | -1 |" in stat and "| `new.py` (new) | +1 | -0 |" in stat
+    assert "| `server.py` | +1 | -1 |" in stat
+
+
+def test_the_diff_is_what_gnu_diff_prints_without_the_dates(tmp_path: Path) -> None:
+    """The reader's command and the chapter show the same hunks: only the dates on ---/+++ lines differ."""
+    make_phase(
+        tmp_path, "phase1_first", {"server.py": "".join(f"line {n}\n" for n in range(40)), "old.py": "x"}
+    )
+    make_phase(tmp_path, "phase2_second", {"server.py": "".join(f"line {n}\n" for n in range(3, 45, 2))})
+    assert gen_diffs(tmp_path).returncode == 0
+    readers = subprocess.run(
+        ["diff", "-ruN", "-x", "__pycache__", "phase1_first", "phase2_second"],
+        cwd=tmp_path,
+        env={**os.environ, "LC_ALL": "C"},
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    undated = re.sub(r"^((?:---|\+\+\+) \S+)\t.*$", r"\1", readers, flags=re.MULTILINE)
+    assert (tmp_path / "docs" / "diffs" / "phase1_first_to_phase2_second.diff").read_text() == undated
+    assert "\\ No newline at end of file" in undated  # old.py has none: diff's own marker is kept
 
 
 def test_check_names_stale_missing_and_extra_files(tmp_path: Path) -> None:

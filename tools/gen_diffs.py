@@ -2,25 +2,27 @@
 
 For every consecutive pair of phase directories (`phaseN_name/`, ordered by N) this writes, under docs/diffs/:
 
-    <prev>_to_<next>.diff     the unified diff of the two trees as `diff -ruN` shows it (new and deleted
-                              files in full), with stable headers: `a/<prev>/FILE`, `b/<next>/FILE`, no dates
+    <prev>_to_<next>.diff     what `diff -ruN -x __pycache__ <prev> <next>` prints from the repository root
+                              (new and deleted files in full), with the file dates cut from the ---/+++ lines
     <prev>_to_<next>.stat.md  a Markdown diffstat of that diff: lines added and removed per file, and totals
 
     python tools/gen_diffs.py            # (re)write docs/diffs/ (`make diffs`)
     python tools/gen_diffs.py --check    # exit 1 naming every stale, missing or extra file (`make test`)
 
-The output depends only on the files' bytes (difflib, sorted paths), so it is the same on every machine and
-the check cannot flap. The tradeoff: difflib matches lines differently from GNU diff, so a hunk can be cut a
-little differently from what `diff -ru` prints on your machine; the changes it describes are the same.
+GNU diff itself writes the hunks, so the chapter shows exactly what the reader's own `diff -ruN` prints; it
+runs with LC_ALL=C, so files come in byte order and messages in English on every machine. The dates are the
+only part of diff's output that depends on the checkout, not the files' bytes, so they are cut and the check
+cannot flap. The tradeoff: generating needs GNU diff (Debian's `diffutils`, always installed).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import itertools
+import os
+import re
+import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +30,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tools.phases import REPO_ROOT, find_phases
 
-EXCLUDED_DIR_NAMES = frozenset({"__pycache__"})
+DIFF_OPTIONS = ("-ruN", "-x", "__pycache__")
 DIFFS_DIR = Path("docs") / "diffs"
-NO_NEWLINE_MARKER = "\\ No newline at end of file\n"
+FILE_HEADER = re.compile(r"^diff -ruN -x __pycache__ (?P<old>\S+) (?P<new>\S+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -44,68 +46,44 @@ class FileChange:
     removed: int
 
 
-def phase_files(phase_dir: Path) -> dict[str, bytes]:
-    """Every regular file of a phase, keyed by its path relative to the phase directory."""
-    files: dict[str, bytes] = {}
-    for path in sorted(phase_dir.rglob("*")):
-        relative = path.relative_to(phase_dir)
-        if path.is_file() and not EXCLUDED_DIR_NAMES.intersection(relative.parts[:-1]):
-            files[relative.as_posix()] = path.read_bytes()
-    return files
-
-
-def _text_lines(data: bytes) -> list[str] | None:
-    """The file's lines with their endings, or None if it is not UTF-8 text."""
-    if b"\0" in data:
-        return None
-    try:
-        return data.decode("utf-8").splitlines(keepends=True)
-    except UnicodeDecodeError:
-        return None
-
-
-def _unified(old_lines: list[str], new_lines: list[str], old_label: str, new_label: str) -> Iterator[str]:
-    """difflib's unified diff, with GNU diff's marker after a last line that has no newline."""
-    for line in difflib.unified_diff(old_lines, new_lines, old_label, new_label):
-        if line.endswith("\n"):
-            yield line
-        else:
-            yield line + "\n" + NO_NEWLINE_MARKER
-
-
-def diff_file(path: str, old_name: str, new_name: str, old: bytes | None, new: bytes | None) -> FileChange:
-    """One file's diff between two phases; `old` or `new` is None when the file exists on one side only."""
-    old_label = f"a/{old_name}/{path}"
-    new_label = f"b/{new_name}/{path}"
-    status = "new" if old is None else "deleted" if new is None else "modified"
-    header = f"diff -ruN {old_label} {new_label}\n"
-    old_lines = _text_lines(old or b"")
-    new_lines = _text_lines(new or b"")
-    if old_lines is None or new_lines is None:
-        return FileChange(path, "binary", f"{header}Binary files {old_label} and {new_label} differ\n", 0, 0)
-    body = list(
-        _unified(
-            old_lines,
-            new_lines,
-            "/dev/null" if old is None else old_label,
-            "/dev/null" if new is None else new_label,
-        )
+def run_diff(repo_root: Path, old_name: str, new_name: str) -> str:
+    """`diff -ruN -x __pycache__ OLD NEW` run from the repository root, dates cut from its ---/+++ lines."""
+    finished = subprocess.run(
+        ["diff", *DIFF_OPTIONS, old_name, new_name],
+        cwd=repo_root,
+        env={**os.environ, "LC_ALL": "C"},
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    # Skip the two file header lines (--- and +++) when counting.
-    added = sum(1 for line in body[2:] if line.startswith("+"))
-    removed = sum(1 for line in body[2:] if line.startswith("-"))
-    return FileChange(path, status, header + "".join(body), added, removed)
+    if finished.returncode > 1:  # 0: no difference, 1: differences, 2: trouble
+        raise RuntimeError(f"diff failed: {finished.stderr.strip()}")
+    return "".join(
+        line.split("\t", 1)[0] + "\n" if line.startswith(("--- ", "+++ ")) else line
+        for line in finished.stdout.splitlines(keepends=True)
+    )
 
 
-def diff_phases(old_dir: Path, new_dir: Path) -> list[FileChange]:
-    """Every file that differs between two phase directories, in path order."""
-    old_files = phase_files(old_dir)
-    new_files = phase_files(new_dir)
-    return [
-        diff_file(path, old_dir.name, new_dir.name, old_files.get(path), new_files.get(path))
-        for path in sorted(old_files.keys() | new_files.keys())
-        if old_files.get(path) != new_files.get(path)
-    ]
+def split_by_file(diff_text: str, repo_root: Path, old_name: str, new_name: str) -> list[FileChange]:
+    """Cut diff's output at each `diff -ruN ...` line into one FileChange per file, counting its lines."""
+    headers = list(FILE_HEADER.finditer(diff_text))
+    changes = []
+    for header, following in itertools.zip_longest(headers, headers[1:]):
+        text = diff_text[header.start() : following.start() if following else len(diff_text)]
+        path = header["old"].removeprefix(f"{old_name}/")
+        body = text.splitlines()[3:]  # after the diff, --- and +++ lines
+        if text.splitlines()[1].startswith("Binary files"):
+            status = "binary"
+        elif not (repo_root / old_name / path).exists():
+            status = "new"
+        elif not (repo_root / new_name / path).exists():
+            status = "deleted"
+        else:
+            status = "modified"
+        added = sum(1 for line in body if line.startswith("+"))
+        removed = sum(1 for line in body if line.startswith("-"))
+        changes.append(FileChange(path, status, text, added, removed))
+    return changes
 
 
 def render_stat(changes: list[FileChange], old_name: str, new_name: str) -> str:
@@ -122,7 +100,7 @@ def render_stat(changes: list[FileChange], old_name: str, new_name: str) -> str:
         f"**{files} file{'' if files == 1 else 's'} changed, "
         f"{sum(change.added for change in changes)} insertions(+), "
         f"{sum(change.removed for change in changes)} deletions(-)** "
-        f"from `{old_name}/` to `{new_name}/`."
+        f"from `{old_name}/` to `{new_name}/` (`diff {' '.join(DIFF_OPTIONS)} {old_name} {new_name}`)."
     )
     return "\n".join([*rows, "", summary]) + "\n"
 
@@ -132,9 +110,10 @@ def expected_outputs(repo_root: Path) -> dict[Path, str]:
     outputs: dict[Path, str] = {}
     phases = find_phases(repo_root)
     for old_dir, new_dir in itertools.pairwise(phases):
-        changes = diff_phases(old_dir, new_dir)
+        diff_text = run_diff(repo_root, old_dir.name, new_dir.name)
+        changes = split_by_file(diff_text, repo_root, old_dir.name, new_dir.name)
         stem = DIFFS_DIR / f"{old_dir.name}_to_{new_dir.name}"
-        outputs[stem.with_name(stem.name + ".diff")] = "".join(change.diff_text for change in changes)
+        outputs[stem.with_name(stem.name + ".diff")] = diff_text
         outputs[stem.with_name(stem.name + ".stat.md")] = render_stat(changes, old_dir.name, new_dir.name)
     return outputs
 
