@@ -7,6 +7,7 @@ a time: while it echoes for one, the next waits in the listen backlog until the 
 
 import signal
 import socket
+import sys
 from types import FrameType
 
 DEFAULT_BUFFER_SIZE = 64 * 1024
@@ -18,14 +19,27 @@ class StopServer(Exception):
 
 
 # --8<-- [start:stop]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _raise_stop_server(signum: int, frame: FrameType | None) -> None:
+    # Only the first signal raises. A second one (an impatient Ctrl-C) must neither cut the shutdown short
+    # nor kill the process as it exits: block the rest, and disarm this handler for one already caught.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, _ignore_repeated_stop)
     raise StopServer(signal.Signals(signum).name)
+
+
+def _ignore_repeated_stop(signum: int, frame: FrameType | None) -> None:
+    """Not SIG_IGN: with it, a signal caught before the swap but not yet handled would be reported on
+    stderr, with a traceback, as "Signal 15 ignored due to race condition"."""
 
 
 def install_stop_handlers() -> None:
     # A signal interrupts the blocked accept() or recv_into(); Python runs this handler, and because it
     # raises, the call unwinds with StopServer instead of being retried (PEP 475 retries only if none raises).
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_stop_server)
 
 
@@ -57,6 +71,7 @@ def echo_until_eof(client: socket.socket, buffer: memoryview) -> None:
         if count == 0:  # end of stream: the client closed or shut down its side
             return
         # send() may take only part of what we give it; sendall() loops until the kernel has it all.
+        # buffer[:count] copies no bytes: it allocates only a small memoryview object that points into buffer.
         client.sendall(buffer[:count])
 
 
@@ -80,12 +95,18 @@ def serve_forever(listener: socket.socket, buffer_size: int) -> None:
 
 
 def serve(host: str, port: int, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> int:
-    """Serve until SIGINT or SIGTERM; return the exit status."""
-    install_stop_handlers()
-    with create_listener(host, port) as listener:
-        bound_host, bound_port = listener.getsockname()[:2]
-        print(f"listening on {bound_host}:{bound_port}", flush=True)
+    """Serve until SIGINT or SIGTERM; return the exit status: 0, or 2 if it cannot listen on host:port."""
+    try:
+        listener = create_listener(host, port)
+    except OSError as error:  # the port is taken, the address is not one of this machine's, ...
+        print(f"error: cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
+        return 2
+    with listener:
         try:
+            # Inside the try, and before we say where we listen: every stop signal lands in the except.
+            install_stop_handlers()
+            bound_host, bound_port = listener.getsockname()[:2]
+            print(f"listening on {bound_host}:{bound_port}", flush=True)
             serve_forever(listener, buffer_size)
         except StopServer:
             pass

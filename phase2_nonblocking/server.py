@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from types import FrameType
 
 DEFAULT_BUFFER_SIZE = 64 * 1024
@@ -32,20 +33,39 @@ HANGUP = select.EPOLLHUP | select.EPOLLERR
 RESOURCE_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-class StopServer(Exception):
-    """Raised by the SIGINT and SIGTERM handler to unwind the server from wherever it is blocked."""
+class StopServer(BaseException):
+    """Raised by the SIGINT and SIGTERM handler to unwind the server from wherever it is blocked. A
+    BaseException, like KeyboardInterrupt, so that the loop's guards (`except Exception`) let it through."""
 
 
 # --8<-- [start:stop]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _raise_stop_server(signum: int, frame: FrameType | None) -> None:
+    # Only the first signal raises. A second one (an impatient Ctrl-C) must neither cut the shutdown short
+    # nor kill the process as it exits: block the rest, and disarm this handler for one already caught.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, _ignore_repeated_stop)
     raise StopServer(signal.Signals(signum).name)
+
+
+def _ignore_repeated_stop(signum: int, frame: FrameType | None) -> None:
+    """Not SIG_IGN: with it, a signal caught before the swap but not yet handled would be reported on
+    stderr, with a traceback, as "Signal 15 ignored due to race condition"."""
 
 
 def install_stop_handlers() -> None:
     # A signal interrupts the blocked epoll.poll(); Python runs this handler, and because it raises, the
     # call unwinds with StopServer instead of being retried (PEP 475 retries only if none raises).
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_stop_server)
+
+
+def log_exception(what: str) -> None:
+    """One log entry on stderr: what happened, then the traceback of the exception being handled."""
+    print(f"{what}:\n{traceback.format_exc()}", end="", file=sys.stderr, flush=True)
 
 
 # --8<-- [end:stop]
@@ -138,18 +158,27 @@ class Server:
     # --8<-- [start:loop]
     def serve_forever(self) -> None:
         self.epoll.register(self.listener_fd, EPOLLIN | self.trigger_flag)
-        connections = self.connections
         while True:
-            # EINTR needs no handling: Python retries poll() after a signal handler that does not raise.
-            events = self.epoll.poll(self.sweep_interval)
-            now = time.monotonic()
-            for fd, mask in events:
-                if fd == self.listener_fd:
-                    self.accept_clients(now)
-                    continue
-                connection = connections.get(fd)
-                if connection is None:  # closed earlier in this same batch of events
-                    continue
+            try:
+                self.poll_once()
+            except Exception:
+                # The last resort, for a bug outside any one connection (accepting, the sweep): log it and
+                # serve on. Level-triggered epoll reports again what this batch of events left unhandled.
+                log_exception("unexpected error in the event loop, which serves on")
+
+    def poll_once(self) -> None:
+        connections = self.connections
+        # EINTR needs no handling: Python retries poll() after a signal handler that does not raise.
+        events = self.epoll.poll(self.sweep_interval)
+        now = time.monotonic()
+        for fd, mask in events:
+            if fd == self.listener_fd:
+                self.accept_clients(now)
+                continue
+            connection = connections.get(fd)
+            if connection is None:  # closed earlier in this same batch of events
+                continue
+            try:
                 if mask & HANGUP:  # reset, or both directions shut: nobody is left to echo to
                     self.close(connection)
                     continue
@@ -158,8 +187,13 @@ class Server:
                     self.on_readable(connection)
                 if mask & EPOLLOUT and fd in connections:
                     self.on_writable(connection)
-            if now >= self.next_sweep:
-                self.close_idle_connections(now)
+            except Exception:
+                # A bug met while serving this connection costs this connection alone. Out here we cannot
+                # know what it was in the middle of, so closing is all we can do.
+                log_exception(f"unexpected error serving connection fd {fd}, which is closed")
+                self.close(connection)
+        if now >= self.next_sweep:
+            self.close_idle_connections(now)
 
     # --8<-- [end:loop]
 
@@ -233,7 +267,7 @@ class Server:
     # --8<-- [end:read]
 
     # --8<-- [start:write]
-    def send(self, connection: Connection, data: bytes | memoryview) -> None:
+    def send(self, connection: Connection, data: memoryview) -> None:
         """Send now what the kernel takes, queue the rest behind what is already waiting."""
         if not connection.pending_output:
             # Fast path: nothing queued, so hand the bytes straight to the kernel; it usually takes them all.
@@ -269,10 +303,14 @@ class Server:
     # --8<-- [end:write]
 
     # --8<-- [start:backpressure]
+    def has_room_for_output(self, connection: Connection) -> bool:
+        """Backpressure's one test: below the high-water mark we read; at or above it, we do not."""
+        return len(connection.pending_output) < self.high_water_mark
+
     def update_interest(self, connection: Connection) -> None:
-        """Watch for EPOLLOUT only while output is pending; pause reading above the high-water mark."""
+        """Watch for EPOLLOUT only while output is pending; pause reading at the high-water mark."""
         pending = len(connection.pending_output)
-        if connection.reading and pending > self.high_water_mark:
+        if connection.reading and not self.has_room_for_output(connection):
             connection.reading = False  # this client does not read its echo: stop reading what it sends
         elif not connection.reading and not connection.peer_closed and pending < self.low_water_mark:
             connection.reading = True
@@ -316,14 +354,16 @@ def serve(
     buffer_size: int = DEFAULT_BUFFER_SIZE,
     edge_triggered: bool = False,
 ) -> int:
-    """Serve until SIGINT or SIGTERM; return the exit status."""
-    install_stop_handlers()
+    """Serve until SIGINT or SIGTERM; return the exit status: 0, or 2 if it cannot listen on host:port."""
+    try:
+        listener = create_listener(host, port)
+    except OSError as error:  # the port is taken, the address is not one of this machine's, ...
+        print(f"error: cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
+        return 2
     old_limit, new_limit = raise_open_file_limit()
     change = f"raised from {old_limit} to" if new_limit != old_limit else "already at"
     print(f"open-file limit (RLIMIT_NOFILE) {change} {new_limit}", file=sys.stderr)
-    with create_listener(host, port) as listener:
-        bound_host, bound_port = listener.getsockname()[:2]
-        print(f"listening on {bound_host}:{bound_port}", flush=True)
+    with listener:
         server = Server(
             listener,
             max_connections=max_connections,
@@ -332,6 +372,10 @@ def serve(
             edge_triggered=edge_triggered,
         )
         try:
+            # Inside the try, and before we say where we listen: every stop signal lands in the except.
+            install_stop_handlers()
+            bound_host, bound_port = listener.getsockname()[:2]
+            print(f"listening on {bound_host}:{bound_port}", flush=True)
             server.serve_forever()
         except StopServer:
             pass

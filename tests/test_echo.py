@@ -9,13 +9,14 @@ import select
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
 
-from conftest import RunningServer
+from conftest import Phase, RunningServer
 
 pytestmark = pytest.mark.needs("echo")
 
@@ -240,3 +241,95 @@ def test_clients_past_max_connections_wait_for_a_free_slot(
         first.close()
         assert recv_exactly(third, 7) == b"waiting"
     second.close()
+
+
+def test_repeated_stop_signals_during_shutdown_still_exit_cleanly(server: RunningServer) -> None:
+    """A second SIGTERM that arrives while the first one's shutdown is closing connections, or while the
+    process exits, must neither raise out of the shutdown nor kill the process. A burst of SIGTERMs until the
+    server has exited makes sure some arrive at each of those moments."""
+    clients = [server.connect() for _ in range(100)]  # phase 1 serves one; the rest wait in its backlog
+    try:
+        clients[0].sendall(b"busy")
+        assert recv_exactly(clients[0], 4) == b"busy"
+        deadline = time.monotonic() + 10
+        while server.process.poll() is None and time.monotonic() < deadline:
+            server.process.send_signal(signal.SIGTERM)  # does nothing once the server has exited
+        server.stop()
+        assert server.failure() is None, server.failure()
+    finally:
+        for client in clients:
+            client.close()
+
+
+# No client can make an echo server raise an exception it does not expect, so the tests below plant one in
+# the socket layer of the server's process: the server's own code is untouched, and the exception surfaces
+# where a bug in it would. The server runs as `python -c FAULT+RUN_THE_PHASE python -m PACKAGE OPTIONS`: its
+# usual command line behind a prefix (as `taskset` would be), which plants the fault, then runs the package.
+RUN_THE_PHASE = """
+python, dash_m, package, *options = sys.argv[1:]
+sys.argv = [package, *options]
+runpy.run_module(package, run_name="__main__", alter_sys=True)
+"""
+FAULT_IN_SEND = """
+import runpy, socket, sys
+real_send = socket.socket.send
+def send(self, data, *flags):
+    if bytes(data[:4]) == b"boom":
+        raise RuntimeError("fault planted by the test")
+    return real_send(self, data, *flags)
+socket.socket.send = send
+"""
+FAULT_IN_FIRST_ACCEPT = """
+import runpy, socket, sys
+real_accept = socket.socket.accept
+accepts = []
+def accept(self):
+    accepts.append(self)
+    if len(accepts) == 1:
+        raise RuntimeError("fault planted by the test")
+    return real_accept(self)
+socket.socket.accept = accept
+"""
+
+
+def start_with_fault(phase: Phase, fault: str) -> RunningServer:
+    return RunningServer(phase.name, root=phase.root, prefix=[sys.executable, "-c", fault + RUN_THE_PHASE])
+
+
+def assert_one_logged_fault(server: RunningServer, log_line: str) -> None:
+    assert server.process.returncode == 0, server.stderr
+    assert server.stderr.count("Traceback") == 1, server.stderr
+    assert "RuntimeError: fault planted by the test" in server.stderr
+    assert log_line in server.stderr
+
+
+@pytest.mark.needs("concurrent")
+def test_unexpected_exception_costs_its_connection_alone(phase: Phase) -> None:
+    """The connection whose event raised is closed, with one log entry and the traceback; every other client
+    is still served, and the server still stops cleanly."""
+    server = start_with_fault(phase, FAULT_IN_SEND)
+    try:
+        with server.connect() as before, server.connect() as faulty:
+            before.sendall(b"before")
+            assert recv_exactly(before, 6) == b"before"
+            faulty.sendall(b"boom")
+            assert faulty.recv(1) == b"", "expected the server to close the connection that raised"
+            assert round_trip(before, b"still served") == b"still served"
+        with server.connect() as after:
+            assert round_trip(after, b"after") == b"after"
+    finally:
+        server.stop()
+    assert_one_logged_fault(server, "unexpected error serving connection fd")
+
+
+@pytest.mark.needs("concurrent")
+def test_unexpected_exception_outside_any_connection_is_logged_and_the_loop_serves_on(phase: Phase) -> None:
+    """An exception in accepting (no connection to blame) is logged; the client it failed to accept is still
+    queued, is accepted on the next turn of the loop, and is served."""
+    server = start_with_fault(phase, FAULT_IN_FIRST_ACCEPT)
+    try:
+        with server.connect() as client:
+            assert round_trip(client, b"accepted at the second try") == b"accepted at the second try"
+    finally:
+        server.stop()
+    assert_one_logged_fault(server, "unexpected error in the event loop, which serves on")
