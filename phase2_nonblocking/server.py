@@ -90,7 +90,8 @@ def create_listener(host: str, port: int) -> socket.socket:
 
 # --8<-- [start:rlimit]
 def raise_open_file_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return (old soft limit, new soft limit)."""
+    """Raise the soft RLIMIT_NOFILE to the hard limit (to 2**20 if the hard limit is unlimited); return
+    (old soft limit, new soft limit)."""
     # Every connection is a file descriptor, and the usual soft limit of 1024 would cap us near 1000 clients.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else 1024 * 1024
