@@ -16,5 +16,7 @@ CAPABILITIES = frozenset(
         "concurrent",
         "max_connections",
         "trigger_modes",
+        "graceful_shutdown",
+        "phase3_server_api",  # tests/test_abuse.py plants bugs in server.py's Server and handle()
     }
 )

@@ -559,8 +559,13 @@ class Server:
         self.listener.close()  # from now on the kernel refuses new clients
         self.listener_fd = -1
         for connection in list(self.connections.values()):
-            if not (connection.closing or connection.pending_output or connection.parser.has_partial_request):
-                self.close(connection)  # between two requests: nothing is in flight on it
+            if connection.closing or connection.parser.has_partial_request:
+                continue  # its last answer is queued already, or will say `Connection: close`
+            if connection.pending_output:
+                connection.closing = True  # between two requests: close once its answers are sent
+                connection.parser.close()
+            else:
+                self.close(connection)  # idle between two requests: nothing is in flight on it
         print(
             f"{reason}: draining {len(self.connections)} connection(s) for at most {self.shutdown_timeout} s",
             file=sys.stderr,

@@ -167,9 +167,82 @@ def test_request_path_drops_the_query_and_an_absolute_form_authority(
     assert request.path == path
 
 
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("HTTP://Example.com/x", "/x"),  # the scheme is case-insensitive (RFC 3986 §3.1)
+        ("https://h:8443/a/b?c", "/a/b"),
+        ("http://[::1]:8080/v6", "/v6"),
+        ("http://[v1.fe80::a+en1]/future", "/future"),  # IPvFuture (RFC 3986 §3.2.2)
+        ("http://h/p@q", "/p@q"),  # "@" in the path is no userinfo
+    ],
+)
+def test_valid_absolute_form_targets(protocol: ModuleType, target: str, path: str) -> None:
+    assert parse_one(protocol, get("Host: h", target=target)).path == path
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://[/",  # these two used to crash the server: urlsplit raised ValueError on request.path
+        "http://[zz]/",
+        "http://[::1/",
+        "http://[fe80::1%25eth0]/",  # a zone ID is no part of RFC 3986's IPv6address
+        "http://user@host/",  # RFC 9110 §4.2.4: userinfo in an http URI is an error
+        "http:///no-host",  # RFC 9110 §4.2.1: an empty host MUST be rejected
+        "http:/one-slash",
+        "ftp://host/file",  # an origin server serves http and https only
+        "http://host/#fragment",  # RFC 9112 §3.2: no fragment in a request-target
+        "mailto:someone",
+    ],
+)
+def test_invalid_absolute_form_targets_are_400(protocol: ModuleType, target: str) -> None:
+    assert status_of(protocol, get("Host: h", target=target)) == 400
+
+
+@pytest.mark.parametrize("host", ["[zz]", "[::1", "[fe80::1%eth0]", "a b", "h:8o"])
+def test_invalid_host_values_are_400(protocol: ModuleType, host: str) -> None:
+    assert status_of(protocol, get(f"Host: {host}")) == 400
+
+
 def test_empty_lines_before_a_request_line_are_ignored(protocol: ModuleType) -> None:
     request = parse_one(protocol, b"\r\n\r\n" + get("Host: h"))
     assert request.target == "/"
+
+
+def test_a_few_empty_lines_are_tolerated_and_more_are_400(protocol: ModuleType) -> None:
+    tolerated = protocol.MAX_EMPTY_LINES
+    assert parse_one(protocol, b"\r\n" * tolerated + get("Host: h")).target == "/"
+    assert status_of(protocol, b"\r\n" * (tolerated + 1) + get("Host: h")) == 400
+
+
+def test_an_empty_line_starts_a_head(protocol: ModuleType) -> None:
+    """The header timeout runs while `reading_head`: an empty line counts, or CRLFs sent one a minute
+    would hold a connection open for ever without ever starting the clock."""
+    parser = protocol.RequestParser()
+    assert not parser.reading_head
+    parser.feed(b"\r\n")
+    assert parser.next_request() is None
+    assert parser.reading_head
+    parser.feed(get("Host: h"))
+    assert parser.next_request() is not None
+    assert not parser.reading_head
+
+
+def test_reading_body_is_true_from_the_head_to_the_end_of_the_body(protocol: ModuleType) -> None:
+    for framing, body in (
+        ("Content-Length: 5", b"hello"),
+        ("Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n"),
+    ):
+        parser = protocol.RequestParser()
+        parser.feed(post(framing))
+        assert parser.next_request() is None
+        assert parser.reading_body and not parser.reading_head
+        parser.feed(body[:-1])
+        assert parser.next_request() is None and parser.reading_body
+        parser.feed(body[-1:])
+        assert parser.next_request().body == b"hello"
+        assert not parser.reading_body
 
 
 @pytest.mark.parametrize(
@@ -316,6 +389,22 @@ def test_no_continue_when_the_body_is_already_here_or_the_client_speaks_http10(p
     assert not parser.take_continue()  # RFC 9110 §10.1.1: MUST ignore it in an HTTP/1.0 request
     parser.feed(b"hello")
     assert not parser.next_request().expects_continue
+
+
+def test_no_continue_when_part_of_a_chunked_body_came_with_the_head(protocol: ModuleType) -> None:
+    parser = protocol.RequestParser()
+    parser.feed(post("Transfer-Encoding: chunked", "Expect: 100-continue", body=b"5\r\nhel"))
+    assert parser.next_request() is None
+    assert not parser.take_continue()  # the client did not wait for us: too late to tell it to go on
+
+
+def test_a_continue_not_taken_is_no_longer_due_once_the_request_is_complete(protocol: ModuleType) -> None:
+    parser = protocol.RequestParser()
+    parser.feed(post("Content-Length: 5", "Expect: 100-continue"))
+    assert parser.next_request() is None  # due now, but the server does not take it...
+    parser.feed(b"hello")
+    assert parser.next_request().body == b"hello"
+    assert not parser.take_continue()  # ...and after the body, a 100 would answer nothing
 
 
 def test_other_expectations_are_ignored(protocol: ModuleType) -> None:
@@ -534,6 +623,26 @@ def test_trailer_limits_431(protocol: ModuleType) -> None:
     assert status_of(protocol, post(*fields[1:], body=b"0\r\nA: " + b"1" * 64 + b"\r\n\r\n"), limits) == 431
 
 
+def test_trailer_byte_limit_applies_before_the_trailers_end(protocol: ModuleType) -> None:
+    """Trailers that never end must be cut by the byte limit as they arrive, not once they are complete."""
+    parser = protocol.RequestParser(protocol.Limits(max_header_bytes=1024))
+    parser.feed(post("Transfer-Encoding: chunked", body=b"0\r\nX-Endless: "))
+    assert parser.next_request() is None
+    with pytest.raises(protocol.HttpError) as error:
+        for _ in range(100):
+            parser.feed(b"v" * 100)
+            parser.next_request()
+    assert error.value.status == 431
+
+
+@pytest.mark.parametrize("after_data", [b"XY", b"\rX", b"\n\r", b"  "])
+def test_chunk_data_must_be_followed_by_crlf(protocol: ModuleType, after_data: bytes) -> None:
+    """The two bytes after chunk data are checked, not skipped: a parser that skips them reads a different
+    message from these bytes than one that checks (a request smuggling vector)."""
+    body = b"5\r\nhello" + after_data + b"0\r\n\r\n"
+    assert status_of(protocol, post("Transfer-Encoding: chunked", body=body)) == 400
+
+
 def test_chunk_line_limit(protocol: ModuleType) -> None:
     limits = protocol.Limits(max_chunk_line=16)
     body = b"5;" + b"e" * 14 + b"\r\nhello\r\n0\r\n\r\n"
@@ -565,6 +674,15 @@ def test_byte_at_a_time_never_rescans(protocol: ModuleType, size: int) -> None:
 
 
 # --8<-- [end:never_rescans]
+
+
+def test_a_declared_body_takes_no_room_before_it_arrives(protocol: ModuleType) -> None:
+    """Room follows the bytes received: a head that declares 8 MiB leaves the buffer as it was."""
+    parser = protocol.RequestParser()
+    parser.feed(post(f"Content-Length: {8 * 1024 * 1024}", body=b"x" * 100))
+    assert parser.next_request() is None
+    with parser.receive_buffer() as room:
+        assert len(room) < 64 * 1024
 
 
 def test_receive_buffer_is_reusable_and_grows_for_a_large_body(protocol: ModuleType) -> None:
@@ -684,6 +802,17 @@ def test_error_response_closes(protocol: ModuleType) -> None:
     head, body = parse_response(response)
     assert head.status_code == 431 and dict(head.headers)[b"connection"] == b"close"
     assert body == b"431 header section too large\n"
+
+
+@pytest.mark.parametrize(
+    ("status", "phrase"),
+    [(200, "OK"), (404, "Not Found"), (408, "Request Timeout"), (413, "Content Too Large"),
+     (414, "URI Too Long"), (431, "Request Header Fields Too Large"), (500, "Internal Server Error"),
+     (505, "HTTP Version Not Supported")],
+)  # fmt: skip
+def test_status_lines_carry_rfc_9110_reason_phrases(protocol: ModuleType, status: int, phrase: str) -> None:
+    response = protocol.error_response(protocol.HttpError(status, "why"))
+    assert response.startswith(f"HTTP/1.1 {status} {phrase}\r\n".encode())
 
 
 def test_continue_response(protocol: ModuleType) -> None:
