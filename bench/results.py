@@ -151,7 +151,7 @@ class IdleMemory:
     target: str
     server_command: list[str]
     connections_requested: int
-    connections_held: int  # open descriptors in the server's tree, minus those it had before
+    connections_held: int  # ESTABLISHED connections to the server's port held by its tree
     rss_before_bytes: int
     rss_after_bytes: int
     seconds_to_open: float
