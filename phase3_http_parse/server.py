@@ -598,15 +598,15 @@ def serve(
     limits: Limits = DEFAULT_LIMITS,
     edge_triggered: bool = False,
 ) -> int:
-    """Serve until SIGINT or SIGTERM; return the exit status."""
+    """Serve until SIGINT or SIGTERM; return the exit status: 0, or 2 if it cannot listen on host:port."""
+    try:
+        listener = create_listener(host, port)
+    except OSError as error:  # the port is taken, the address is not one of this machine's, ...
+        print(f"error: cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
+        return 2
     old_limit, new_limit = raise_open_file_limit()
     change = f"raised from {old_limit} to" if new_limit != old_limit else "already at"
     print(f"open-file limit (RLIMIT_NOFILE) {change} {new_limit}", file=sys.stderr)
-    try:
-        listener = create_listener(host, port)
-    except OSError as error:
-        print(f"error: cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
-        return 2
     with listener:
         server = Server(
             listener,
