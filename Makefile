@@ -80,11 +80,13 @@ docs: $(DOCS_STAMP)
 serve-docs: $(DOCS_STAMP)
 	$(VENV)/bin/mkdocs serve --strict
 
+# The full runs publish: they write the results files the docs are drawn from, and redraw the docs. Any other
+# run of a harness (`$(PY) -m bench --targets ...`) is exploratory: bench/results/exploratory-*.json only.
 bench: $(STAMP) bench-tools
-	$(PY) -m bench
+	$(PY) -m bench --publish
 
 bench-echo: $(STAMP)
-	$(PY) -m bench.echo
+	$(PY) -m bench.echo --publish
 
 flame: $(STAMP) system-tools
 	$(PY) -m bench.flame --phase $(PHASE)

@@ -1,13 +1,15 @@
 """The bench: every HTTP phase and every peer, under the same wrk scenarios, in one run.
 
-    make bench                                   # everything, with the defaults
-    python -m bench --targets peers --quick      # a quick look at the peers, docs left alone
-    python -m bench --targets phase3_http_parse,nginx --scenarios keepalive-64 --runs 5
+    make bench                                   # everything, with the defaults, published (--publish)
+    .venv/bin/python -m bench --targets peers --quick      # a quick look at the peers
+    .venv/bin/python -m bench --targets phase3_http_parse,nginx --scenarios keepalive-64 --runs 5
 
 For each target and scenario: a fresh server pinned to the server CPUs, a warm-up, then several timed wrk
 runs pinned to the client CPUs, reading the server's CPU time from /proc around each. Then, per target, the
-memory it needs to hold many idle connections. Writes bench/results/<name>.json, the charts under
-docs/assets/bench/ and the tables under docs/generated/bench/, and prints a summary.
+memory it needs to hold many idle connections. Prints a summary and writes the results file. Only with
+--publish (`make bench`) is that bench/results/latest.json, with the charts under docs/assets/bench/ and the
+tables under docs/generated/bench/ redrawn from it: any other run is exploratory, written to
+bench/results/exploratory-NAME.json alone, so trying something never overwrites the published numbers.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ from bench.results import (
     ScenarioInfo,
     Settings,
     TargetInfo,
+    exploratory_name,
     load,
     machine_facts,
+    result_file_name,
     write,
 )
 from tools.phases import REPO_ROOT, raise_open_file_limit
 
+PUBLISHED_NAME = "latest"  # bench/results/latest.json: the results the docs show
 IDLE = "idle"  # the memory test, selectable with --scenarios like the wrk scenarios
 SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in wrk.SCENARIOS}
 NOISY_REPEATS = 2  # a run disturbed by other processes is repeated at most this often; the quietest is kept
@@ -46,8 +51,8 @@ REPEAT_BUDGET_SHARE = 0.25  # and repeats add at most this share of runs to the 
 FD_HEADROOM = 1000  # descriptors beyond the idle connections: listening sockets, logs, /proc reads
 
 # --8<-- [start:defaults]
-DEFAULTS = {"runs": 3, "duration": 5, "warmup": 2, "idle_connections": 10_000, "name": "latest"}
-QUICK = {"runs": 1, "duration": 1, "warmup": 0, "idle_connections": 1_000, "name": "quick"}
+DEFAULTS = {"runs": 3, "duration": 5, "warmup": 2, "idle_connections": 10_000}
+QUICK = {"runs": 1, "duration": 1, "warmup": 0, "idle_connections": 1_000}
 # --8<-- [end:defaults]
 
 
@@ -111,19 +116,26 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--server-cpus", default="1", help="CPUs for the server and its children (default 1)")
     parser.add_argument("--client-cpus", default="0", help="CPUs for wrk and this harness (default 0)")
-    parser.add_argument("--name", help="results file: bench/results/NAME.json (default latest, or quick)")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"write bench/results/{PUBLISHED_NAME}.json and redraw the docs' tables and charts (make bench)",
+    )
+    parser.add_argument(
+        "--name",
+        default=exploratory_name(),
+        help="without --publish: write bench/results/exploratory-NAME.json (default: the UTC time)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a look, not a measurement: 1 run of 1 s, no warm-up, 1,000 idle connections;"
-        " writes bench/results/quick.json only, not the docs",
+        help="a look, not a measurement: 1 run of 1 s, no warm-up, 1,000 idle connections; never published",
     )
-    parser.add_argument("--no-docs", action="store_true", help="write the results file only")
     parser.add_argument(
         "--from-results",
         type=Path,
         metavar="JSON",
-        help="measure nothing: regenerate the charts and tables from an existing results file",
+        help="measure nothing: print the summary of a results file; with --publish, redraw the docs from it",
     )
     parser.add_argument(
         "--output-root",
@@ -133,11 +145,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         " (default: the repository)",
     )
     options = parser.parse_args(argv)
+    if options.quick and options.publish:
+        parser.error("--quick runs are never published: drop --quick or --publish")
     preset = QUICK if options.quick else DEFAULTS
     for key, value in preset.items():
         if getattr(options, key) is None:
             setattr(options, key, value)
-    options.no_docs = options.no_docs or options.quick
     return options
 
 
@@ -273,28 +286,20 @@ def measure_idle(target: targets.Target, settings: Settings, progress: Progress,
 # --------------------------------------------------------------------------------------------- outputs
 
 
-def write_outputs(results: Results, paths: Paths, with_docs: bool) -> list[Path]:
-    write(results, paths.results)
-    written = [paths.results]
-    if with_docs:
-        source = paths.results.relative_to(paths.root).as_posix()
-        written += report.write_markdown(results, paths.tables, source)
-        written += charts.write_charts(results, paths.charts)
-    return written
+def write_docs(results: Results, paths: Paths, source: Path) -> list[Path]:
+    """The published tables and charts, drawn from `results`, read from (or written to) `source`."""
+    source, root = source.resolve(), paths.root.resolve()
+    shown = source.relative_to(root).as_posix() if source.is_relative_to(root) else str(source)
+    tables = report.write_markdown(results, paths.tables, shown)
+    return tables + charts.write_charts(results, paths.charts)
 
 
 def regenerate(options: argparse.Namespace) -> int:
     results = load(options.from_results)
-    paths = Paths(options.output_root, results.name)
-    source = options.from_results.resolve()
-    shown = (
-        source.relative_to(paths.root.resolve()).as_posix()
-        if source.is_relative_to(paths.root.resolve())
-        else str(source)
-    )
-    written = report.write_markdown(results, paths.tables, shown) + charts.write_charts(results, paths.charts)
     print(report.terminal_summary(results))
-    print("\nwrote " + ", ".join(str(path) for path in written))
+    if options.publish:
+        written = write_docs(results, Paths(options.output_root, PUBLISHED_NAME), options.from_results)
+        print("\nwrote " + ", ".join(str(path) for path in written))
     return 0
 
 
@@ -435,8 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     command = [sys.executable, "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
-    results = run(chosen, options.name, command)
-    written = write_outputs(results, Paths(options.output_root, options.name), with_docs=not options.no_docs)
+    name = result_file_name(PUBLISHED_NAME, options.name, publish=options.publish)
+    paths = Paths(options.output_root, name)
+    results = run(chosen, paths.name, command)
+    write(results, paths.results)
+    written = [paths.results, *(write_docs(results, paths, paths.results) if options.publish else [])]
     print(report.terminal_summary(results))
     print("\nwrote " + ", ".join(str(path) for path in written))
     return 0

@@ -10,6 +10,7 @@ readable; `SCHEMA_VERSION` changes whenever a field does.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import importlib.metadata
 import json
 import os
@@ -27,6 +28,20 @@ SCHEMA_VERSION = 1
 # A run during which other processes used more than this share of a core is noisy: the bench repeats it.
 NOISY_OTHER_SHARE = 0.25
 PEER_PACKAGES = ("aiohttp", "granian", "gunicorn", "httptools", "uvicorn", "uvloop", "matplotlib", "py-spy")
+
+
+EXPLORATORY_PREFIX = "exploratory-"
+
+
+def exploratory_name() -> str:
+    """A name for an exploratory run's results: the UTC time, so runs never overwrite each other."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def result_file_name(published_name: str, name: str, *, publish: bool) -> str:
+    """The stem of a harness's results file under bench/results/: the published one, which the docs are drawn
+    from, only when asked to publish; `exploratory-NAME` otherwise, a name no published file has."""
+    return published_name if publish else EXPLORATORY_PREFIX + name
 
 
 class SchemaError(ValueError):

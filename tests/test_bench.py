@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import __main__ as bench_main
 from bench import charts, cpu, report, results, targets, wrk
 from bench.__main__ import parse_cpus
 from conftest import Phase, require_tool
@@ -338,7 +339,8 @@ def test_select_expands_groups_and_rejects_unknown_names() -> None:
 
 @pytest.mark.needs("http")
 def test_the_real_harness_measures_a_phase_and_a_peer(phase: Phase, tmp_path: Path) -> None:
-    """`python -m bench` for about a second against this phase and the standard library's server."""
+    """`python -m bench` for about a second against this phase and the standard library's server: an
+    exploratory run, which writes its own results file and nothing the docs show; then --publish on it."""
     require_tool("wrk")
     require_tool("taskset")
     if phase.root != REPO_ROOT:
@@ -352,7 +354,9 @@ def test_the_real_harness_measures_a_phase_and_a_peer(phase: Phase, tmp_path: Pa
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=100, check=False
     )
     assert finished.returncode == 0, finished.stderr
-    measured = results.load(tmp_path / "bench" / "results" / "smoke.json")
+    written = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*") if path.is_file())
+    assert written == ["bench/results/exploratory-smoke.json"]  # no latest.json, nothing under docs/
+    measured = results.load(tmp_path / "bench" / "results" / "exploratory-smoke.json")
 
     assert [target.name for target in measured.targets] == [phase.name, "stdlib"]
     for name in (phase.name, "stdlib"):
@@ -367,9 +371,25 @@ def test_the_real_harness_measures_a_phase_and_a_peer(phase: Phase, tmp_path: Pa
         assert idle is not None and idle.failure is None, idle
         assert idle.connections_held == 200
     assert measured.machine["wrk"] and measured.settings.runs == 1
+    assert phase.name in finished.stdout  # the one-screen summary
 
+    exploratory = tmp_path / "bench" / "results" / "exploratory-smoke.json"
+    redraw = [sys.executable, "-m", "bench", "--from-results", str(exploratory), "--publish"]
+    subprocess.run(
+        [*redraw, "--output-root", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, timeout=100, check=True
+    )
     tables = tmp_path / "docs" / "generated" / "bench"
     assert phase.name in (tables / "summary.md").read_text()
+    assert "bench/results/exploratory-smoke.json" in (tables / "summary.md").read_text()
     assert "stdlib" in (tables / f"{phase.name}.md").read_text()
     assert (tmp_path / "docs" / "assets" / "bench" / "throughput.svg").is_file()
-    assert phase.name in finished.stdout  # the one-screen summary
+
+
+def test_an_exploratory_run_cannot_write_the_published_files() -> None:
+    """Whatever the name asked for, a run without --publish writes bench/results/exploratory-*.json only."""
+    options = bench_main.parse_arguments(["--targets", "stdlib", "--name", "latest", "--output-root", "x"])
+    assert not options.publish
+    name = results.result_file_name(bench_main.PUBLISHED_NAME, options.name, publish=options.publish)
+    assert name == "exploratory-latest"
+    with pytest.raises(SystemExit):
+        bench_main.parse_arguments(["--quick", "--publish"])
