@@ -336,6 +336,9 @@ class Server:
         idle = [connection for connection in self.connections.values() if connection.deadline <= now]
         for connection in idle:
             self.close(connection)
+        if not self.accepting and len(self.connections) < self.max_connections:
+            # Paused for lack of fds or memory with no connection left to close: a close cannot resume us.
+            self.resume_accepting()
         self.next_sweep = now + self.sweep_interval
 
     # --8<-- [end:close]

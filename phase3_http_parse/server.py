@@ -83,6 +83,9 @@ def handle(request: Request) -> bytes:
 
 
 # --8<-- [start:stop]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _wake_the_loop(signum: int, frame: FrameType | None) -> None:
     """Nothing to do here: the signal's number is already on its way to the loop through the wakeup fd."""
 
@@ -93,7 +96,7 @@ def install_stop_handlers(wakeup_fd: int) -> None:
     # raised could unwind the server from anywhere, even from the middle of a close). The Python-level
     # handler has nothing left to do, but it must exist: the default action of SIGTERM is to kill us.
     signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _wake_the_loop)
 
 
@@ -516,6 +519,9 @@ class Server:
                 self.on_strict_deadline(connection)
             elif connection.deadline <= now:
                 self.close(connection)
+        if not self.accepting and len(self.connections) < self.max_connections:
+            # Paused for lack of fds or memory with no connection left to close: a close cannot resume us.
+            self.resume_accepting()
         self.next_sweep = now + self.sweep_interval
 
     def on_strict_deadline(self, connection: Connection) -> None:
@@ -626,5 +632,8 @@ def serve(
         try:
             server.serve_forever()
         finally:
+            # Stopped: later signals stay blocked until we have exited. As the interpreter exits it restores
+            # the default handlers, and a default SIGTERM would kill us half-way (exit status -15).
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             server.shutdown()
     return 0

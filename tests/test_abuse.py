@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import select
 import signal
 import socket
@@ -161,6 +162,25 @@ def test_declared_bodies_that_never_arrive_cost_almost_nothing(server: RunningSe
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.mark.needs("max_connections")
+def test_accepting_resumes_after_running_out_of_descriptors_with_no_connection_open(
+    server: RunningServer,
+) -> None:
+    """accept() fails with EMFILE, so the server pauses accepting (retrying at once would spin). A close
+    used to be the only thing that resumed it: with no connection open, it never did."""
+    limits = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    in_use = server.open_fds()
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (in_use, limits[1]))  # not one fd more
+    try:
+        with HttpClient(server, timeout=5) as client:
+            client.send(get("/"))  # the kernel completes the handshake; the server's accept() fails
+            time.sleep(0.5)
+            resource.prlimit(server.pid, resource.RLIMIT_NOFILE, limits)
+            assert client.response().body == HELLO
+    finally:
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, limits)
 
 
 # --- clocks that measure the client ------------------------------------------------------------------
@@ -366,6 +386,20 @@ def test_a_second_signal_stops_at_once_and_still_exits_zero(
         status, stderr = exits_cleanly(server, within=10)
     assert time.monotonic() - started < 5, "the second signal did not cut the 30 s drain short"
     assert status == 0 and "Traceback" not in stderr
+
+
+@pytest.mark.needs("graceful_shutdown")
+def test_a_burst_of_signals_still_exits_zero(server: RunningServer) -> None:
+    """Signals until the server has exited: some arrive while it drains, some while it shuts down, and some
+    while the interpreter exits, after which a default handler would kill the process (exit -15)."""
+    with HttpClient(server) as client:
+        client.send(get("/"))
+        assert client.response().body == HELLO
+        deadline = time.monotonic() + 10
+        while server.process.poll() is None and time.monotonic() < deadline:
+            server.process.send_signal(signal.SIGTERM)  # does nothing once the server has exited
+        server.stop()
+    assert server.failure() is None, server.failure()
 
 
 # --- a bug costs one connection ----------------------------------------------------------------------
