@@ -21,6 +21,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_http import HELLO, HttpClient, get, post_echo
 
 from conftest import Phase, RunningServer
@@ -93,6 +95,7 @@ def test_a_malformed_absolute_form_target_is_a_400_and_the_server_lives(
 SEED_REQUESTS = [
     get("/"),
     get("http://h:80/a?b"),
+    get("http://[::1]:80/v6"),
     post_echo(b"hello"),
     b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\n",
@@ -119,6 +122,40 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         else:
             mutated[position:] = rng.choice(SEED_REQUESTS)
     return bytes(mutated)
+
+
+@st.composite
+def mutated_stream(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """A few seed requests, mutated by a seeded `mutate`, with the points at which to split them."""
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    data = b"".join(mutate(rng.choice(SEED_REQUESTS), rng) for _ in range(draw(st.integers(1, 3))))
+    cuts = draw(st.lists(st.integers(0, len(data)), max_size=6))
+    return data, sorted(cuts)
+
+
+@settings(
+    max_examples=3000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(stream=mutated_stream() | st.tuples(st.binary(max_size=300), st.just([])))
+def test_the_parser_only_ever_raises_its_own_error(phase: Phase, stream: tuple[bytes, list[int]]) -> None:
+    """Whatever bytes arrive, in whatever pieces, the parser returns requests, None, or raises HttpError;
+    and every request it returns can be answered (no field that fails when the application reads it)."""
+    protocol = phase.import_module("protocol")
+    data, cuts = stream
+    parser = protocol.RequestParser(protocol.Limits(max_body_bytes=1000))
+    try:
+        for start, stop in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            parser.feed(data[start:stop])
+            while (request := parser.next_request()) is not None:
+                assert isinstance(request.path, str) and request.path[:1] in ("/", "*")
+                assert isinstance(request.body, bytes) and len(request.body) <= 1000
+                assert request.version == "HTTP/1.0" or request.header("host") is not None
+                protocol.render_response(request, 200, b"ok")
+            parser.take_continue()
+    except protocol.HttpError:
+        pass
 
 
 def test_mutated_requests_split_at_random_points_never_hurt_the_server(
