@@ -88,6 +88,9 @@ bench: $(STAMP) bench-tools
 bench-echo: $(STAMP)
 	$(PY) -m bench.echo --publish
 
+bench-parser: $(STAMP)  ## the parser microbenchmark, on the newest phase with a protocol.py (PHASE=... for another)
+	taskset --cpu-list 1 $(PY) -m bench.parser_micro --publish $(if $(filter command line,$(origin PHASE)),--phase $(PHASE))
+
 flame: $(STAMP) system-tools
 	$(PY) -m bench.flame --phase $(PHASE)
 

@@ -15,7 +15,6 @@ bench/results/exploratory-NAME.json alone, so trying something never overwrites 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import shutil
 import signal
@@ -38,6 +37,7 @@ from bench.results import (
     exploratory_name,
     load,
     machine_facts,
+    now,
     result_file_name,
     write,
 )
@@ -46,8 +46,6 @@ from tools.phases import REPO_ROOT, raise_open_file_limit
 PUBLISHED_NAME = "latest"  # bench/results/latest.json: the results the docs show
 IDLE = "idle"  # the memory test, selectable with --scenarios like the wrk scenarios
 SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in wrk.SCENARIOS}
-NOISY_REPEATS = 2  # a run disturbed by other processes is repeated at most this often; the quietest is kept
-REPEAT_BUDGET_SHARE = 0.25  # and repeats add at most this share of runs to the whole bench
 FD_HEADROOM = 1000  # descriptors beyond the idle connections: listening sockets, logs, /proc reads
 
 # --8<-- [start:defaults]
@@ -174,19 +172,6 @@ def check_cpus(server: set[int], client: set[int]) -> str | None:
 # --------------------------------------------------------------------------------------------- measuring
 
 
-@dataclass
-class RepeatBudget:
-    """Repeats of noisy runs left for the whole bench, so that a busy machine cannot make it run for ever."""
-
-    left: int
-
-    def take(self) -> bool:
-        if self.left <= 0:
-            return False
-        self.left -= 1
-        return True
-
-
 def measure(
     target: targets.Target,
     scenario: wrk.Scenario,
@@ -194,7 +179,7 @@ def measure(
     progress: Progress,
     scratch: Path,
     *,
-    repeats: RepeatBudget,
+    repeats: cpu.RepeatBudget,
 ) -> Measurement:
     """A fresh server, a warm-up, then the timed runs; any failure is recorded, never raised."""
     label = f"{target.name} | {scenario.name}"
@@ -216,16 +201,17 @@ def measure(
             wrk.run(warmup, settings.warmup_s)
         for number in range(1, settings.runs + 1):
             progress.step(f"{label} | run {number}/{settings.runs}")
-            attempts = [timed_run(server, timed_command, settings.duration_s)]
-            while attempts[-1].noisy and len(attempts) <= NOISY_REPEATS and repeats.take():
-                share = attempts[-1].other_cpu_share
+
+            def say_again(share: float, number: int = number) -> None:
                 progress.note(
                     f"{label}: other processes used {share:.0%} of a core during run {number}; again"
                 )
-                attempts.append(timed_run(server, timed_command, settings.duration_s))
-            kept = min(attempts, key=lambda attempt: attempt.other_cpu_share)
+
+            kept, disturbed = cpu.quietest_of(
+                lambda: timed_run(server, timed_command, settings.duration_s), repeats, say_again
+            )
             runs.append(kept)
-            discarded += [attempt for attempt in attempts if attempt is not kept]
+            discarded += disturbed
         peak_rss = cpu.tree_peak_rss_bytes(server.pid)
     except (wrk.WrkError, targets.TargetFailed) as error:
         failure = str(error)
@@ -371,13 +357,13 @@ def plan(options: argparse.Namespace) -> Plan:
 
 def run(plan: Plan, name: str, command: list[str]) -> Results:
     settings = plan.settings
-    created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    created = now()
     started = time.monotonic()
     machine = machine_facts(targets.nginx_path(), targets.HYPER_DIR / "Cargo.lock")
     measurements: list[Measurement] = []
     idle_results: list[IdleMemory] = []
     planned_runs = len(plan.targets) * len(plan.scenarios) * settings.runs
-    repeats = RepeatBudget(round(planned_runs * REPEAT_BUDGET_SHARE))
+    repeats = cpu.RepeatBudget.for_runs(planned_runs)
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch, Progress(plan.steps) as progress:
         for target in plan.targets:
             target_scratch = Path(scratch) / target.name

@@ -10,9 +10,16 @@ granian's worker) before and after each run. The tradeoff: the kernel counts CPU
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import psutil
+
+from bench.results import NOISY_OTHER_SHARE
+
+NOISY_REPEATS = 2  # a run disturbed by other processes is repeated at most this often; the quietest is kept
+REPEAT_BUDGET_SHARE = 0.25  # and repeats add at most this share of runs to the whole bench
 
 
 def tree(root_pid: int) -> list[psutil.Process]:
@@ -93,3 +100,48 @@ def tree_established_connections(root_pid: int, port: int) -> int:
             if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == port
         )
     return len(held)
+
+
+# --------------------------------------------------------------------------------------- disturbed runs
+
+
+class TimedRun(Protocol):
+    @property
+    def other_cpu_share(self) -> float:
+        """The share of a core that processes other than the server and the client used during the run."""
+        ...
+
+
+RunT = TypeVar("RunT", bound=TimedRun)
+
+
+@dataclass
+class RepeatBudget:
+    """Repeats of noisy runs left for a whole bench, so that a busy machine cannot make it run for ever."""
+
+    left: int
+
+    @classmethod
+    def for_runs(cls, planned_runs: int) -> RepeatBudget:
+        return cls(round(planned_runs * REPEAT_BUDGET_SHARE))
+
+    def take(self) -> bool:
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+def quietest_of(
+    run_once: Callable[[], RunT], budget: RepeatBudget, on_repeat: Callable[[float], None]
+) -> tuple[RunT, list[RunT]]:
+    """Run once; while other processes used more than NOISY_OTHER_SHARE of a core, say so and run again (at
+    most NOISY_REPEATS times, within the budget). Returns the quietest run and the others, to be discarded."""
+    attempts = [run_once()]
+    while (
+        attempts[-1].other_cpu_share > NOISY_OTHER_SHARE and len(attempts) <= NOISY_REPEATS and budget.take()
+    ):
+        on_repeat(attempts[-1].other_cpu_share)
+        attempts.append(run_once())
+    kept = min(attempts, key=lambda attempt: attempt.other_cpu_share)
+    return kept, [attempt for attempt in attempts if attempt is not kept]

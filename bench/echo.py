@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import math
 import os
 import selectors
@@ -39,15 +38,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.results import host_facts
+from bench import cpu, report
+from bench.results import document, exploratory_name, read_document, result_file_name, write_document
 from tools.phases import REPO_ROOT, PhaseProcess, phase_command, raise_open_file_limit
 from tools.phases import pinned as pinned_to
 
+PUBLISHED_NAME = "echo"  # bench/results/echo.json: the results the chapters' tables are drawn from
+DOCS_DIR = REPO_ROOT / "docs" / "generated" / "echo"
+PROGRAM = [sys.executable, "-m", "bench.echo"]
 SERVER_CPU = 1
 CLIENT_CPU = 0
 STARTUP_TIMEOUT = 10.0
@@ -88,6 +91,17 @@ class RunFigures:
     first_echo_p50: float | None
     first_echo_p99: float | None
     first_echo_max: float | None
+    # CPU seconds around the run, as the HTTP bench reads them: a run other processes disturbed is repeated.
+    wall_s: float = 0.0
+    server_cpu_s: float = 0.0  # the server's process tree
+    client_cpu_s: float = 0.0  # this process: the clients' loop
+    machine_cpu_s: float = 0.0  # every process on the machine
+
+    @property
+    def other_cpu_share(self) -> float:
+        """The share of a core used during the run by neither the server nor the clients."""
+        other = self.machine_cpu_s - self.server_cpu_s - self.client_cpu_s
+        return max(0.0, other) / self.wall_s if self.wall_s > 0 else 0.0
 
 
 @dataclass(slots=True)
@@ -280,10 +294,19 @@ def stop_server(server: PhaseProcess) -> None:
 def measure(
     variant: ServerVariant, clients: int, *, round_trips: int, message: bytes, deadline: float, pinned: bool
 ) -> RunFigures:
-    """Start a fresh server, run one closed loop against it, stop it."""
+    """Start a fresh server, run one closed loop against it, reading the CPU time used around it, stop it."""
     server = start_server(variant, pinned)
     try:
-        return ClosedLoop(server.address, clients, round_trips, message).run(deadline)
+        started, machine, client = time.perf_counter(), cpu.machine_cpu_seconds(), time.process_time()
+        server_cpu = cpu.tree_cpu_seconds(server.pid)
+        figures = ClosedLoop(server.address, clients, round_trips, message).run(deadline)
+        return replace(
+            figures,
+            wall_s=round(time.perf_counter() - started, 3),
+            server_cpu_s=round(cpu.tree_cpu_seconds(server.pid) - server_cpu, 3),
+            client_cpu_s=round(time.process_time() - client, 3),
+            machine_cpu_s=round(cpu.machine_cpu_seconds() - machine, 3),
+        )
     finally:
         stop_server(server)
 
@@ -379,20 +402,6 @@ def pin_client(pinned: bool) -> None:
     raise_open_file_limit()  # one descriptor per client, and the default soft limit is often 1024
 
 
-def machine_facts(pinned: bool) -> dict[str, Any]:
-    host = host_facts()
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_model": host["cpu_model"],
-        "cpus": host["cores"],  # echo.json's name for it, which its tables read
-        "kernel": host["kernel"],
-        "python": host["python"],
-        "pinned": pinned,
-        "server_cpu": SERVER_CPU if pinned else None,
-        "client_cpu": CLIENT_CPU if pinned else None,
-    }
-
-
 def median_figures(runs: list[RunFigures]) -> dict[str, float | None]:
     """The median of every figure across runs; a figure some run did not reach (None) counts as infinite."""
     medians: dict[str, float | None] = {}
@@ -404,184 +413,6 @@ def median_figures(runs: list[RunFigures]) -> dict[str, float | None]:
         ]
         medians[name] = finite_or_none(statistics.median(values))
     return medians
-
-
-# Formatting: every number in the docs goes through these.
-
-
-def duration(seconds: float | None, deadline: float) -> str:
-    if seconds is None:
-        return f"> {deadline:g} s"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds:.3g} s"
-
-
-def rate(per_second: float | None) -> str:
-    return "0" if per_second is None else f"{per_second:,.0f}"
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def trips_note(method: dict[str, Any]) -> str:
-    """E.g. `20,000 (1 client), 2,000 (10 clients), 200 (100 clients)`."""
-    per_client = method["round_trips_per_client"]
-    return ", ".join(
-        f"{per_client[str(clients)]:,} ({plural(clients, 'client')})" for clients in method["clients"]
-    )
-
-
-def method_note(report: dict[str, Any]) -> str:
-    method, machine = report["method"], report["machine"]
-    pinning = (
-        f"Server pinned to CPU {machine['server_cpu']}, clients to CPU {machine['client_cpu']}"
-        if machine["pinned"]
-        else "Not pinned (fewer than 2 CPUs, or no taskset)"
-    )
-    return (
-        f"_Median of {plural(method['runs'], 'run')}. Round trips of {method['message_bytes']} bytes per "
-        f"client: {trips_note(method)}; deadline {method['deadline']:g} s per run. {pinning}; "
-        f"{machine['cpus']} x {machine['cpu_model']}, Linux {machine['kernel']}, Python {machine['python']}, "
-        f"{machine['date']}, load average {machine['load_average_before']:.2f} before the run. "
-        "Raw figures: `bench/results/echo.json`; rerun: `make bench-echo`._"
-    )
-
-
-def cell(report: dict[str, Any], key: str, clients: int) -> dict[str, Any] | None:
-    for result in report["results"]:
-        if result["server"] == key and result["clients"] == clients:
-            found: dict[str, Any] = result
-            return found
-    return None
-
-
-def phase_table(report: dict[str, Any]) -> str:
-    deadline = report["method"]["deadline"]
-    rows = [
-        "| clients | server | served | round trips/s | round trip p50 | round trip p99 "
-        "| first echo p50 | first echo p99 | last first echo |",
-        "|--:|:--|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for clients in report["method"]["clients"]:
-        for variant in VARIANTS[:2]:
-            result = cell(report, variant.key, clients)
-            if result is None:
-                continue
-            median = result["median"]
-            rows.append(
-                f"| {clients} | {variant.label} | {median['served']:g}/{clients} "
-                f"| {rate(median['round_trips_per_second'])} "
-                f"| {duration(median['round_trip_p50'], deadline)} "
-                f"| {duration(median['round_trip_p99'], deadline)} "
-                f"| {duration(median['first_echo_p50'], deadline)} "
-                f"| {duration(median['first_echo_p99'], deadline)} "
-                f"| {duration(median['first_echo_max'], deadline)} |"
-            )
-    return "\n".join(rows)
-
-
-def phase_summary(report: dict[str, Any]) -> str:
-    """One generated sentence per client count: who waited longest for a first echo, on each server."""
-    deadline = report["method"]["deadline"]
-    sentences = []
-    for clients in report["method"]["clients"]:
-        blocking, nonblocking = cell(report, "phase1", clients), cell(report, "phase2-level", clients)
-        if clients == 1 or blocking is None or nonblocking is None:
-            continue
-        sentences.append(
-            f"- {plural(clients, 'client')}: the last to be served waited "
-            f"{duration(blocking['median']['first_echo_max'], deadline)} for its first echo from phase 1, "
-            f"{duration(nonblocking['median']['first_echo_max'], deadline)} from phase 2."
-        )
-    return "\n".join(sentences)
-
-
-def trigger_table(report: dict[str, Any]) -> str:
-    deadline = report["method"]["deadline"]
-    rows = [
-        "| clients | trigger | round trips/s | lowest to highest run | round trip p50 | round trip p99 |",
-        "|--:|:--|--:|--:|--:|--:|",
-    ]
-    for clients in report["method"]["clients"]:
-        for variant in VARIANTS[1:]:
-            result = cell(report, variant.key, clients)
-            if result is None:
-                continue
-            median, runs = result["median"], result["runs"]
-            throughputs = [run["round_trips_per_second"] for run in runs]
-            rows.append(
-                f"| {clients} | {variant.options[-1]} | {rate(median['round_trips_per_second'])} "
-                f"| {rate(min(throughputs))} to {rate(max(throughputs))} "
-                f"| {duration(median['round_trip_p50'], deadline)} "
-                f"| {duration(median['round_trip_p99'], deadline)} |"
-            )
-    return "\n".join(rows)
-
-
-def trigger_summary(report: dict[str, Any]) -> str:
-    """One generated sentence per client count: edge against level, and whether the runs' ranges overlap."""
-    sentences = []
-    for clients in report["method"]["clients"]:
-        level, edge = cell(report, "phase2-level", clients), cell(report, "phase2-edge", clients)
-        if level is None or edge is None:
-            continue
-        level_runs = [run["round_trips_per_second"] for run in level["runs"]]
-        edge_runs = [run["round_trips_per_second"] for run in edge["runs"]]
-        change = edge["median"]["round_trips_per_second"] / level["median"]["round_trips_per_second"] - 1
-        overlap = max(min(level_runs), min(edge_runs)) <= min(max(level_runs), max(edge_runs))
-        verdict = (
-            "the two ranges of runs overlap: no difference this benchmark can tell apart from noise"
-            if overlap
-            else "the two ranges of runs do not overlap"
-        )
-        sentences.append(
-            f"- {plural(clients, 'client')}: edge-triggered served {abs(change):.1%} "
-            f"{'more' if change >= 0 else 'fewer'} round trips per second than level-triggered; {verdict}."
-        )
-    return "\n".join(sentences)
-
-
-def syscall_table(report: dict[str, Any]) -> str:
-    """System calls per round trip for every (clients, server) cell: where each server spends its calls."""
-    names = [*(name for name in SYSCALL_EVENTS if name != "all"), "recvfrom EAGAIN", "all"]
-    labels = {variant.key: variant.label for variant in VARIANTS}
-    rows = [
-        "| clients | server | " + " | ".join(f"`{name}`" for name in names) + " |",
-        "|--:|:--|" + "--:|" * len(names),
-    ]
-    for count in report["syscalls"]["counts"]:
-        figures = " | ".join(f"{count['per_round_trip'].get(name, 0.0):.2f}" for name in names)
-        rows.append(f"| {count['clients']} | {labels[count['server']]} | {figures} |")
-    method = report["method"]
-    note = (
-        "_System calls the server made per round trip, in one counted run per cell (not the timed runs): "
-        "`perf stat` on the kernel's syscall tracepoints, attached to the server pid; `recvfrom EAGAIN` "
-        "counts the reads that found nothing, `all` every system call. Round trips of "
-        f"{method['message_bytes']} bytes per client: {trips_note(method)}. "
-        f"{report['machine']['date']}; rerun: `make bench-echo`._"
-    )
-    return "\n".join(rows) + "\n\n" + note + "\n"
-
-
-def write_docs(report: dict[str, Any], docs_dir: Path) -> list[Path]:
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    note = method_note(report)
-    outputs = {
-        docs_dir / "phase1_vs_phase2.md": f"{phase_table(report)}\n\n{phase_summary(report)}\n\n{note}\n",
-        docs_dir / "trigger_modes.md": f"{trigger_table(report)}\n\n{trigger_summary(report)}\n\n{note}\n",
-    }
-    outputs[docs_dir / "syscalls.md"] = (
-        syscall_table(report)
-        if report["syscalls"]["counts"]
-        else "_Not measured: `perf` was not installed when `make bench-echo` last ran._\n"
-    )
-    for path, text in outputs.items():
-        path.write_text(text, encoding="utf-8")
-    return list(outputs)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -607,30 +438,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--deadline", type=float, default=10.0, help="seconds per cell and run (default: %(default)s)"
     )
     parser.add_argument(
-        "--tables-only",
+        "--publish",
         action="store_true",
-        help="measure nothing: rewrite the Markdown tables from the existing --json file",
+        help=f"write bench/results/{PUBLISHED_NAME}.json and the chapters' tables (make bench-echo)",
     )
-    parser.add_argument("--json", type=Path, default=REPO_ROOT / "bench" / "results" / "echo.json")
-    parser.add_argument("--docs-dir", type=Path, default=REPO_ROOT / "docs" / "generated" / "echo")
+    parser.add_argument(
+        "--name",
+        default=exploratory_name(),
+        help=f"without --publish: bench/results/exploratory-{PUBLISHED_NAME}-NAME.json (default: the time)",
+    )
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print the tables of a results file; with --publish, rewrite the docs' from it",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.tables_only:
-        report = json.loads(args.json.read_text(encoding="utf-8"))
+    if args.from_results is not None:
+        contents = read_document(args.from_results, "echo")
     else:
-        report = measure_everything(args, argv if argv is not None else sys.argv[1:])
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
-    for path in write_docs(report, args.docs_dir):
-        print(f"wrote {path}")
+        contents = measure_everything(args, [*PROGRAM, *(sys.argv[1:] if argv is None else argv)])
+        name = result_file_name(PUBLISHED_NAME, f"{PUBLISHED_NAME}-{args.name}", publish=args.publish)
+        results_path = REPO_ROOT / "bench" / "results" / f"{name}.json"
+        write_document(contents, results_path)
+        print(f"wrote {results_path}")
+    tables = report.echo_markdown(contents)
+    if not args.publish:
+        print("\n\n".join(tables.values()))
+        return 0
+    DOCS_DIR.mkdir(parents=True, exist_ok=True)
+    for file_name, text in tables.items():
+        (DOCS_DIR / file_name).write_text(text, encoding="utf-8")
+        print(f"wrote {DOCS_DIR / file_name}")
     return 0
 
 
-def measure_everything(args: argparse.Namespace, arguments: list[str]) -> dict[str, Any]:
+def measure_everything(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
     """Every count and every timed run; returns the report that becomes echo.json."""
     pinned = len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
     pin_client(pinned)
@@ -639,9 +486,10 @@ def measure_everything(args: argparse.Namespace, arguments: list[str]) -> dict[s
     def trips(clients: int) -> int:
         return round_trips_per_client(clients, at_least=args.round_trips, per_cell=args.cell_round_trips)
 
-    load_before = os.getloadavg()[0]
-    if load_before > 1.0:
-        print(f"warning: load average {load_before:.2f}: something else is running, figures will suffer")
+    load_at_start = os.getloadavg()
+    if load_at_start[0] > 1.0:
+        print(f"warning: load average {load_at_start[0]:.2f}: other processes are running; disturbed runs")
+        print("will be repeated, but the figures may suffer")
 
     syscalls: list[dict[str, Any]] = []
     if shutil.which("perf") is not None:
@@ -661,29 +509,48 @@ def measure_everything(args: argparse.Namespace, arguments: list[str]) -> dict[s
     else:
         print("perf is not installed (apt-get install linux-perf): no system call counts", file=sys.stderr)
     runs: dict[tuple[str, int], list[RunFigures]] = {}
+    discarded: dict[tuple[str, int], list[RunFigures]] = {}
+    repeats = cpu.RepeatBudget.for_runs(args.runs * len(args.clients) * len(VARIANTS))
     for run in range(1, args.runs + 1):
         for clients in args.clients:
             # Servers interleaved inside each run: a slow moment of the machine hits all of them alike.
             for variant in VARIANTS:
-                figures = measure(
-                    variant,
-                    clients,
-                    round_trips=trips(clients),
-                    message=message,
-                    deadline=args.deadline,
-                    pinned=pinned,
+
+                def say_again(share: float, key: str = variant.key, clients: int = clients) -> None:
+                    print(f"{key} {clients} clients: other processes used {share:.0%} of a core; again")
+
+                figures, disturbed = cpu.quietest_of(
+                    partial(
+                        measure,
+                        variant,
+                        clients,
+                        round_trips=trips(clients),
+                        message=message,
+                        deadline=args.deadline,
+                        pinned=pinned,
+                    ),
+                    repeats,
+                    say_again,
                 )
                 runs.setdefault((variant.key, clients), []).append(figures)
+                discarded.setdefault((variant.key, clients), []).extend(disturbed)
                 print(
                     f"run {run}/{args.runs} {variant.key:>12} {clients:>5} clients: "
                     f"{figures.round_trips_per_second:>9,.0f} round trips/s, "
                     f"served {figures.served}/{clients}, failed {figures.failed}",
                     flush=True,
                 )
-    report: dict[str, Any] = {
-        "generated_by": "python -m bench.echo " + " ".join(arguments),
-        "machine": {**machine_facts(pinned), "load_average_before": load_before},
-        "method": {
+    return document(
+        "echo",
+        PUBLISHED_NAME,
+        command,
+        {
+            "pinned": pinned,
+            "server_cpu": SERVER_CPU if pinned else None,
+            "client_cpu": CLIENT_CPU if pinned else None,
+            "load_average_at_start": load_at_start,
+        },
+        {
             "clients": args.clients,
             "round_trips_per_client": {str(clients): trips(clients) for clients in args.clients},
             "message_bytes": args.message_bytes,
@@ -691,22 +558,22 @@ def measure_everything(args: argparse.Namespace, arguments: list[str]) -> dict[s
             "deadline": args.deadline,
             "client": "one selectors loop in the bench process, non-blocking sockets, TCP_NODELAY",
         },
-        "servers": {
+        servers={
             variant.key: {"label": variant.label, "command": server_command(variant, pinned)}
             for variant in VARIANTS
         },
-        "syscalls": {"command": perf_command(0, "FILE"), "counts": syscalls},
-        "results": [
+        syscalls={"command": perf_command(0, "FILE"), "counts": syscalls},
+        results=[
             {
                 "server": key,
                 "clients": clients,
                 "median": median_figures(figures),
                 "runs": [asdict(run) for run in figures],
+                "discarded_runs": [asdict(run) for run in discarded[key, clients]],
             }
             for (key, clients), figures in runs.items()
         ],
-    }
-    return report
+    )
 
 
 if __name__ == "__main__":

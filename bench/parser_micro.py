@@ -1,20 +1,23 @@
-"""Microbenchmark of the phase 3 parser: time and allocations per request, for our design and alternatives.
+"""Microbenchmark of a phase's parser: time and allocations per request, for our design and alternatives.
 
-    taskset -c 1 .venv/bin/python -m bench.parser_micro
+    make bench-parser                                   # the newest phase with a protocol.py, published
+    taskset -c 1 .venv/bin/python -m bench.parser_micro --phase phase3_http_parse   # exploratory
 
-Writes bench/results/parser_micro.json and docs/generated/parser_micro.md. Four questions, each measured with
-its alternatives in the same run: what a request costs end to end (our parser, reused as on a keep-alive
-connection and fresh, against h11 as a peer); how to get a complete head out of the receive buffer (a
-bytearray slice decoded to str, which we chose, against decoding a memoryview slice, bytes fields, and
-zero-copy memoryview fields); what caching the Date line saves; and what not rescanning saves when a head
-arrives one byte at a time. Times are medians of several repeats of timeit; allocations are what tracemalloc
-sees retained and at peak. The tradeoff: a microbenchmark measures the parser in a hot cache with no socket;
-the server chapter's wrk runs say what it is worth in a real server.
+With --publish (`make bench-parser`) it writes bench/results/parser_micro.json and
+docs/generated/parser_micro.md; otherwise bench/results/exploratory-parser_micro-NAME.json alone. Four
+questions, each measured with its alternatives in the same run: what a request costs end to end (our parser,
+reused as on a keep-alive connection and fresh, against h11 as a peer); how to get a complete head out of the
+receive buffer (a bytearray slice decoded to str, which we chose, against decoding a memoryview slice, bytes
+fields, and zero-copy memoryview fields); what caching the Date line saves; and what not rescanning saves when
+a head arrives one byte at a time. Times are medians of several repeats of timeit; allocations are what
+tracemalloc sees retained and at peak. The tradeoff: a microbenchmark measures the parser in a hot cache with
+no socket; the server chapter's wrk runs say what it is worth in a real server.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
+import importlib
 import os
 import platform
 import re
@@ -25,16 +28,16 @@ import timeit
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import h11
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from bench import report
+from bench.results import document, exploratory_name, read_document, result_file_name, write_document
+from tools.phases import REPO_ROOT, newest_phase_with
 
-from phase3_http_parse import protocol  # noqa: E402  (the phase is found from the repository root)
-
-RESULTS = REPO_ROOT / "bench" / "results" / "parser_micro.json"
+PUBLISHED_NAME = "parser_micro"  # bench/results/parser_micro.json: the results the docs show
 TABLE = REPO_ROOT / "docs" / "generated" / "parser_micro.md"
 REPEATS = 7
 TARGET_SECONDS = 0.2  # per repeat: long enough for timer resolution, short enough for a quick run
@@ -71,6 +74,17 @@ WORKLOADS = {
     "POST 1 KiB": POST_1K,
     "chunked 1 KiB": CHUNKED_1K,
 }
+
+
+# The measured phase's sans-I/O protocol module, imported by load_protocol() before anything is measured.
+protocol: ModuleType
+
+
+def load_protocol(phase: str) -> None:
+    global protocol, HEAD_BYTES
+    sys.path.insert(0, str(REPO_ROOT))
+    protocol = importlib.import_module(f"{phase}.protocol")
+    HEAD_BYTES = re.compile(protocol.REQUEST_HEAD.pattern.encode("latin-1"))
 
 
 def seconds_per_call(function: Callable[[], object]) -> float:
@@ -146,7 +160,7 @@ def h11_fresh(data: bytes) -> Callable[[], object]:
 
 # ------------------------------------------------------------------ getting the head out of the buffer
 
-HEAD_BYTES = re.compile(protocol.REQUEST_HEAD.pattern.encode("latin-1"))
+HEAD_BYTES: re.Pattern[bytes]  # protocol.REQUEST_HEAD as bytes, set by load_protocol()
 FIELD_SPANS = re.compile(rb"\r\n([^:\r\n]+):[ \t]*+((?:[ \t]*+[^ \t\r\n]++)*+)")
 
 
@@ -249,13 +263,16 @@ def render_hello() -> Callable[[], object]:
 # ---------------------------------------------------------------------------------- byte at a time
 
 
-class RescanningParser(protocol.RequestParser):
+def rescanning_parser() -> type[Any]:
     """Our parser made to forget where its searches stopped, as a naive parser would: quadratic."""
 
-    def next_request(self) -> Any:
-        self._scan = self._start
-        self._line_end = -1
-        return super().next_request()
+    class RescanningParser(protocol.RequestParser):  # type: ignore[misc,name-defined]  # loaded at run time
+        def next_request(self) -> Any:
+            self._scan = self._start
+            self._line_end = -1
+            return super().next_request()
+
+    return RescanningParser
 
 
 def head_of(size: int) -> bytes:
@@ -263,7 +280,7 @@ def head_of(size: int) -> bytes:
     return f"GET / HTTP/1.1\r\nHost: h\r\n{fields}\r\n".encode()
 
 
-def byte_at_a_time(parser_class: type[protocol.RequestParser], data: bytes) -> Callable[[], object]:
+def byte_at_a_time(parser_class: type[Any], data: bytes) -> Callable[[], object]:
     pieces = [data[i : i + 1] for i in range(len(data))]
     limits = protocol.Limits(max_header_bytes=64 * 1024, max_header_count=10_000)
 
@@ -323,7 +340,7 @@ def run() -> dict[str, Any]:
         data = head_of(size)
         for variant, parser_class in (
             ("resumable (ours)", protocol.RequestParser),
-            ("rescanning", RescanningParser),
+            ("rescanning", rescanning_parser()),
         ):
             total = seconds_per_call(byte_at_a_time(parser_class, data))
             slowloris.append(
@@ -335,12 +352,6 @@ def run() -> dict[str, Any]:
                 }
             )
     return {
-        "machine": {
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "cpu_affinity": sorted(os.sched_getaffinity(0)),
-            "repeats": REPEATS,
-        },
         "end_to_end": end_to_end,
         "head_extraction": head_extraction,
         "responses": responses,
@@ -348,61 +359,68 @@ def run() -> dict[str, Any]:
     }
 
 
-def markdown(results: dict[str, Any]) -> str:
-    machine = results["machine"]
-    lines = [
-        f"<!-- generated by bench/parser_micro.py; do not edit. Python {machine['python']}, "
-        f"CPUs {machine['cpu_affinity']}, median of {machine['repeats']} repeats -->",
-        "",
-        "**Per request, end to end** (feed the bytes, get the request out)",
-        "",
-        "| workload | bytes | parser | µs / request | blocks kept / req | bytes kept / req | peak bytes |",
-        "|---|---:|---|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r['workload']} | {r['bytes']} | {r['variant']} | {r['us_per_request']:.2f} | "
-        f"{r['retained_blocks_per_request']:.1f} | {r['retained_bytes_per_request']:.0f} | "
-        f"{r['peak_bytes_during_one']} |"
-        for r in results["end_to_end"]
-    ]
-    lines += [
-        "",
-        "**Getting a complete head out of the receive buffer** (validated by one regex, split into fields; "
-        "the framing checks and the Request object, the same for all, are left out)",
-        "",
-        "| workload | how | µs / head | blocks kept | bytes kept | peak bytes |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r['workload']} | {r['variant']} | {r['us_per_head']:.2f} | "
-        f"{r['retained_blocks_per_request']:.1f} | {r['retained_bytes_per_request']:.0f} | "
-        f"{r['peak_bytes_during_one']} |"
-        for r in results["head_extraction"]
-    ]
-    lines += ["", "**Responses**", "", "| what | µs / call |", "|---|---:|"]
-    lines += [f"| {r['what']} | {r['us']:.3f} |" for r in results["responses"]]
-    lines += [
-        "",
-        "**A head sent one byte at a time** (a slowloris client)",
-        "",
-        "| head bytes | parser | ms in total | µs / byte |",
-        "|---:|---|---:|---:|",
-    ]
-    lines += [
-        f"| {r['head_bytes']} | {r['variant']} | {r['ms_total']:.2f} | {r['us_per_byte']:.3f} |"
-        for r in results["byte_at_a_time"]
-    ]
-    return "\n".join(lines) + "\n"
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    newest = newest_phase_with(REPO_ROOT, "protocol.py")
+    parser = argparse.ArgumentParser(prog="python -m bench.parser_micro", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--phase",
+        default=newest.name if newest else None,
+        help="the phase whose protocol.py to measure (default: the newest phase with one, %(default)s)",
+    )
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"write bench/results/{PUBLISHED_NAME}.json and the docs' table (make bench-parser)",
+    )
+    parser.add_argument(
+        "--name",
+        default=exploratory_name(),
+        help=f"without --publish: bench/results/exploratory-{PUBLISHED_NAME}-NAME.json (default: the time)",
+    )
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print the tables of a results file; with --publish, rewrite the docs' from it",
+    )
+    options = parser.parse_args(argv)
+    if options.phase is None or not (REPO_ROOT / options.phase / "protocol.py").is_file():
+        parser.error(f"--phase {options.phase}: no phase of this name with a protocol.py")
+    return options
 
 
-def main() -> None:
-    results = run()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    TABLE.write_text(markdown(results))
-    print(TABLE.read_text())
+def main(argv: list[str] | None = None) -> int:
+    options = parse_arguments(argv)
+    if options.from_results is not None:
+        return write_table(read_document(options.from_results, "parser_micro"), publish=options.publish)
+    load_protocol(options.phase)
+    contents = document(
+        "parser_micro",
+        PUBLISHED_NAME,
+        [sys.executable, "-m", "bench.parser_micro", *(sys.argv[1:] if argv is None else argv)],
+        {
+            "python_implementation": platform.python_implementation(),
+            "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        },
+        {"phase": options.phase, "repeats": REPEATS, "target_seconds": TARGET_SECONDS},
+        **run(),
+    )
+    name = result_file_name(PUBLISHED_NAME, f"{PUBLISHED_NAME}-{options.name}", publish=options.publish)
+    results_path = REPO_ROOT / "bench" / "results" / f"{name}.json"
+    write_document(contents, results_path)
+    print(f"wrote {results_path}")
+    return write_table(contents, publish=options.publish)
+
+
+def write_table(contents: dict[str, Any], *, publish: bool) -> int:
+    table = report.parser_micro_markdown(contents)
+    print(table)
+    if publish:
+        TABLE.parent.mkdir(parents=True, exist_ok=True)
+        TABLE.write_text(table)
+        print(f"wrote {TABLE}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,15 +1,18 @@
-"""Tables from a results file: the markdown the docs include, and the one-screen summary in the terminal.
+"""Tables from the results files: the markdown the docs include, and the one-screen summary in the terminal.
 
-The docs never hold a typed number: docs/benchmarks.md and each chapter include the markdown written here
-(docs/generated/bench/summary.md, and <phase>.md for each phase beside the peers). The generated files hold
-tables only, no links or images, so they are valid wherever they are included. Rows are sorted fastest first;
-our phases are in bold.
+The docs never hold a typed number: every table in them is written here, by `markdown_table`, from a results
+file, for all three harnesses: the HTTP bench (docs/generated/bench/summary.md, and <phase>.md for each phase
+beside the peers; rows fastest first, our phases in bold), the echo bench (docs/generated/echo/) and the
+parser microbenchmark (docs/generated/parser_micro.md). The generated files hold tables and sentences only, no
+links or images, so they are valid wherever they are included.
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.results import NOISY_OTHER_SHARE, IdleMemory, Measurement, Results, ScenarioInfo, Spread
 
@@ -85,12 +88,17 @@ def _throughput_key(measurement: Measurement) -> float:
     return -spread.median if spread else 0.0
 
 
-def _table(rows: list[list[str]], header: list[str], numeric_from: int = 1) -> list[str]:
-    """A markdown table; columns from `numeric_from` on are right-aligned, as numbers should be."""
-    align = ["---" if column < numeric_from else "--:" for column in range(len(header))]
+def markdown_table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
+    """A markdown table's lines. `align` is each column's cell in the separator row, e.g. `---` or `:--`
+    (left) and `--:` (right, for numbers)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
+
+
+def _table(rows: list[list[str]], header: list[str], numeric_from: int = 1) -> list[str]:
+    """Columns from `numeric_from` on are right-aligned, as numbers should be."""
+    return markdown_table(header, rows, ["---" if n < numeric_from else "--:" for n in range(len(header))])
 
 
 def scenario_table(results: Results, scenario: ScenarioInfo, targets: list[str]) -> list[str]:
@@ -282,3 +290,263 @@ def terminal_summary(results: Results) -> str:
     if (other := other_load(results)) is not None and other >= NOTABLE_OTHER_LOAD:
         notes.append(f"note: other processes used {percent(other)} of a core during the runs: noisy numbers")
     return "\n".join([*lines, "", *notes])
+
+
+# --------------------------------------------------------------------------------------------- echo
+
+ECHO_PHASE_TABLE = ("phase1", "phase2-level")  # the servers bench/echo.py measures, by key, per table
+ECHO_TRIGGER_TABLE = ("phase2-level", "phase2-edge")
+ECHO_LATENCIES = ("round_trip_p50", "round_trip_p99", "first_echo_p50", "first_echo_p99", "first_echo_max")
+ECHO_SYSCALL_COLUMNS = ("epoll_wait", "epoll_ctl", "accept4", "recvfrom", "sendto", "recvfrom EAGAIN", "all")
+
+
+def echo_date(report: dict[str, Any]) -> str:
+    return datetime.datetime.fromisoformat(report["created"]).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def duration(seconds: float | None, deadline: float) -> str:
+    if seconds is None:
+        return f"> {deadline:g} s"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def rate(per_second: float | None) -> str:
+    return "0" if per_second is None else f"{per_second:,.0f}"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def trips_note(method: dict[str, Any]) -> str:
+    """E.g. `20,000 (1 client), 2,000 (10 clients), 200 (100 clients)`."""
+    per_client = method["round_trips_per_client"]
+    return ", ".join(
+        f"{per_client[str(clients)]:,} ({plural(clients, 'client')})" for clients in method["clients"]
+    )
+
+
+def method_note(report: dict[str, Any]) -> str:
+    method, machine = report["settings"], report["machine"]
+    pinning = (
+        f"Server pinned to CPU {machine['server_cpu']}, clients to CPU {machine['client_cpu']}"
+        if machine["pinned"]
+        else "Not pinned (fewer than 2 CPUs, or no taskset)"
+    )
+    repeated = sum(len(result.get("discarded_runs", [])) for result in report["results"])
+    disturbed = (
+        f"{repeated} run(s) disturbed by other processes (more than {percent(NOISY_OTHER_SHARE)} of a core) "
+        "were discarded and repeated. "
+        if repeated
+        else ""
+    )
+    return (
+        f"_Median of {plural(method['runs'], 'run')}. Round trips of {method['message_bytes']} bytes per "
+        f"client: {trips_note(method)}; deadline {method['deadline']:g} s per run. {pinning}; "
+        f"{machine['cores']} x {machine['cpu_model']}, Linux {machine['kernel']}, "
+        f"Python {machine['python']}, "
+        f"{echo_date(report)}, load average {machine['load_average_at_start'][0]:.2f} before the run. "
+        f"{disturbed}Raw figures: `bench/results/echo.json`; rerun: `make bench-echo`._"
+    )
+
+
+def cell(report: dict[str, Any], key: str, clients: int) -> dict[str, Any] | None:
+    for result in report["results"]:
+        if result["server"] == key and result["clients"] == clients:
+            found: dict[str, Any] = result
+            return found
+    return None
+
+
+def phase_table(report: dict[str, Any]) -> str:
+    deadline, servers = report["settings"]["deadline"], report["servers"]
+    header = ["clients", "server", "served", "round trips/s", "round trip p50", "round trip p99"]
+    header += ["first echo p50", "first echo p99", "last first echo"]
+    rows = []
+    for clients in report["settings"]["clients"]:
+        for key in ECHO_PHASE_TABLE:
+            if (result := cell(report, key, clients)) is None:
+                continue
+            median = result["median"]
+            rows.append(
+                [str(clients), servers[key]["label"], f"{median['served']:g}/{clients}"]
+                + [rate(median["round_trips_per_second"])]
+                + [duration(median[figure], deadline) for figure in ECHO_LATENCIES]
+            )
+    return "\n".join(markdown_table(header, rows, ["--:", ":--", *["--:"] * 7]))
+
+
+def phase_summary(report: dict[str, Any]) -> str:
+    """One generated sentence per client count: who waited longest for a first echo, on each server."""
+    deadline = report["settings"]["deadline"]
+    sentences = []
+    for clients in report["settings"]["clients"]:
+        blocking, nonblocking = cell(report, "phase1", clients), cell(report, "phase2-level", clients)
+        if clients == 1 or blocking is None or nonblocking is None:
+            continue
+        sentences.append(
+            f"- {plural(clients, 'client')}: the last to be served waited "
+            f"{duration(blocking['median']['first_echo_max'], deadline)} for its first echo from phase 1, "
+            f"{duration(nonblocking['median']['first_echo_max'], deadline)} from phase 2."
+        )
+    return "\n".join(sentences)
+
+
+def trigger_table(report: dict[str, Any]) -> str:
+    deadline, servers = report["settings"]["deadline"], report["servers"]
+    header = [
+        "clients",
+        "trigger",
+        "round trips/s",
+        "lowest to highest run",
+        "round trip p50",
+        "round trip p99",
+    ]
+    rows = []
+    for clients in report["settings"]["clients"]:
+        for key in ECHO_TRIGGER_TABLE:
+            if (result := cell(report, key, clients)) is None:
+                continue
+            median = result["median"]
+            throughputs = [run["round_trips_per_second"] for run in result["runs"]]
+            rows.append(
+                [str(clients), servers[key]["command"][-1], rate(median["round_trips_per_second"])]
+                + [f"{rate(min(throughputs))} to {rate(max(throughputs))}"]
+                + [duration(median[figure], deadline) for figure in ECHO_LATENCIES[:2]]
+            )
+    return "\n".join(markdown_table(header, rows, ["--:", ":--", *["--:"] * 4]))
+
+
+def trigger_summary(report: dict[str, Any]) -> str:
+    """One generated sentence per client count: edge against level, and whether the runs' ranges overlap."""
+    sentences = []
+    for clients in report["settings"]["clients"]:
+        level, edge = cell(report, "phase2-level", clients), cell(report, "phase2-edge", clients)
+        if level is None or edge is None:
+            continue
+        level_runs = [run["round_trips_per_second"] for run in level["runs"]]
+        edge_runs = [run["round_trips_per_second"] for run in edge["runs"]]
+        change = edge["median"]["round_trips_per_second"] / level["median"]["round_trips_per_second"] - 1
+        overlap = max(min(level_runs), min(edge_runs)) <= min(max(level_runs), max(edge_runs))
+        verdict = (
+            "the two ranges of runs overlap: no difference this benchmark can tell apart from noise"
+            if overlap
+            else "the two ranges of runs do not overlap"
+        )
+        sentences.append(
+            f"- {plural(clients, 'client')}: edge-triggered served {abs(change):.1%} "
+            f"{'more' if change >= 0 else 'fewer'} round trips per second than level-triggered; {verdict}."
+        )
+    return "\n".join(sentences)
+
+
+def syscall_table(report: dict[str, Any]) -> str:
+    """System calls per round trip for every (clients, server) cell: where each server spends its calls."""
+    servers = report["servers"]
+    header = ["clients", "server", *(f"`{name}`" for name in ECHO_SYSCALL_COLUMNS)]
+    rows = [
+        [str(count["clients"]), servers[count["server"]]["label"]]
+        + [f"{count['per_round_trip'].get(name, 0.0):.2f}" for name in ECHO_SYSCALL_COLUMNS]
+        for count in report["syscalls"]["counts"]
+    ]
+    method = report["settings"]
+    note = (
+        "_System calls the server made per round trip, in one counted run per cell (not the timed runs): "
+        "`perf stat` on the kernel's syscall tracepoints, attached to the server pid; `recvfrom EAGAIN` "
+        "counts the reads that found nothing, `all` every system call. Round trips of "
+        f"{method['message_bytes']} bytes per client: {trips_note(method)}. "
+        f"{echo_date(report)}; rerun: `make bench-echo`._"
+    )
+    table = markdown_table(header, rows, ["--:", ":--", *["--:"] * len(ECHO_SYSCALL_COLUMNS)])
+    return "\n".join(table) + "\n\n" + note + "\n"
+
+
+def echo_markdown(report: dict[str, Any]) -> dict[str, str]:
+    """The echo chapters' generated files, by name, from bench/echo.py's results."""
+    note = method_note(report)
+    return {
+        "phase1_vs_phase2.md": f"{phase_table(report)}\n\n{phase_summary(report)}\n\n{note}\n",
+        "trigger_modes.md": f"{trigger_table(report)}\n\n{trigger_summary(report)}\n\n{note}\n",
+        "syscalls.md": syscall_table(report)
+        if report["syscalls"]["counts"]
+        else "_Not measured: `perf` was not installed when `make bench-echo` last ran._\n",
+    }
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+
+def parser_micro_markdown(results: dict[str, Any]) -> str:
+    """docs/generated/parser_micro.md: four tables from bench/parser_micro.py's results."""
+    machine, settings = results["machine"], results["settings"]
+    left, right = "---", "---:"
+    lines = [
+        f"<!-- generated by bench/parser_micro.py; do not edit. Python {machine['python']}, "
+        f"CPUs {machine['cpu_affinity']}, median of {settings['repeats']} repeats -->",
+        "",
+        "**Per request, end to end** (feed the bytes, get the request out)",
+        "",
+    ]
+    lines += markdown_table(
+        [
+            "workload",
+            "bytes",
+            "parser",
+            "µs / request",
+            "blocks kept / req",
+            "bytes kept / req",
+            "peak bytes",
+        ],
+        [
+            [
+                r["workload"],
+                str(r["bytes"]),
+                r["variant"],
+                f"{r['us_per_request']:.2f}",
+                f"{r['retained_blocks_per_request']:.1f}",
+                f"{r['retained_bytes_per_request']:.0f}",
+                str(r["peak_bytes_during_one"]),
+            ]
+            for r in results["end_to_end"]
+        ],
+        [left, right, left, right, right, right, right],
+    )
+    lines += [
+        "",
+        "**Getting a complete head out of the receive buffer** (validated by one regex, split into fields; "
+        "the framing checks and the Request object, the same for all, are left out)",
+        "",
+    ]
+    lines += markdown_table(
+        ["workload", "how", "µs / head", "blocks kept", "bytes kept", "peak bytes"],
+        [
+            [
+                r["workload"],
+                r["variant"],
+                f"{r['us_per_head']:.2f}",
+                f"{r['retained_blocks_per_request']:.1f}",
+                f"{r['retained_bytes_per_request']:.0f}",
+                str(r["peak_bytes_during_one"]),
+            ]
+            for r in results["head_extraction"]
+        ],
+        [left, left, right, right, right, right],
+    )
+    lines += ["", "**Responses**", ""]
+    lines += markdown_table(
+        ["what", "µs / call"], [[r["what"], f"{r['us']:.3f}"] for r in results["responses"]], [left, right]
+    )
+    lines += ["", "**A head sent one byte at a time** (a slowloris client)", ""]
+    lines += markdown_table(
+        ["head bytes", "parser", "ms in total", "µs / byte"],
+        [
+            [str(r["head_bytes"]), r["variant"], f"{r['ms_total']:.2f}", f"{r['us_per_byte']:.3f}"]
+            for r in results["byte_at_a_time"]
+        ],
+        [right, left, right, right],
+    )
+    return "\n".join(lines) + "\n"

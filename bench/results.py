@@ -1,6 +1,10 @@
-"""The results file, bench/results/<name>.json: every run's raw figures, the machine, the exact commands.
+"""The results files, bench/results/<name>.json: every run's raw figures, the machine, the exact commands.
 
-Only raw figures are stored per run (requests, seconds, CPU seconds, latencies); everything the docs show is
+Every harness (the HTTP bench, bench/echo.py, bench/parser_micro.py) writes the same envelope, built by
+`document()` and read back by `read_document()`: `schema_version`, `harness`, `name`, `created` (UTC, ISO
+8601), `command` (how the harness was invoked), `machine` (`host_facts()` and the harness's own facts) and
+`settings`, then the harness's own figures. The HTTP bench's figures are typed below; for it, only raw figures
+are stored per run (requests, seconds, CPU seconds, latencies); everything the docs show is
 derived from them here, by one set of functions, so a table can always be traced back to its runs. Each
 measurement also carries a `summary` (median, min, max) for readers of the JSON; loading ignores it and
 recomputes. The tradeoff: the schema is plain dataclasses checked by hand, not a schema library, so it stays
@@ -24,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+# 2: every harness writes the same envelope (harness, name, created, command, machine, settings).
+SCHEMA_VERSION = 2
 # A run during which other processes used more than this share of a core is noisy: the bench repeats it.
 NOISY_OTHER_SHARE = 0.25
 PEER_PACKAGES = ("aiohttp", "granian", "gunicorn", "httptools", "uvicorn", "uvloop", "matplotlib", "py-spy")
@@ -219,6 +224,7 @@ class Results:
     idle: list[IdleMemory]
     elapsed_s: float | None = None  # how long the whole bench took
     schema_version: int = SCHEMA_VERSION
+    harness: str = "http"
 
     def measurement(self, target: str, scenario: str) -> Measurement | None:
         found = (m for m in self.measurements if m.target == target and m.scenario == scenario)
@@ -236,9 +242,53 @@ class Results:
         return document
 
 
-def write(results: Results, path: Path) -> None:
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def document(
+    harness: str,
+    name: str,
+    command: list[str],
+    machine: dict[str, Any],
+    settings: dict[str, Any],
+    **figures: Any,
+) -> dict[str, Any]:
+    """A results file's contents: the envelope every harness shares, then its own figures."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "harness": harness,
+        "name": name,
+        "created": now(),
+        "command": command,
+        "machine": {**host_facts(), **machine},
+        "settings": settings,
+        **figures,
+    }
+
+
+def write_document(contents: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results.to_json(), indent=2, sort_keys=False) + "\n")
+    path.write_text(json.dumps(contents, indent=2) + "\n")
+
+
+def read_document(path: Path, harness: str) -> dict[str, Any]:
+    """A results file's contents, once checked to be this schema version and this harness's."""
+    contents: dict[str, Any] = json.loads(path.read_text())
+    _check_envelope(contents, harness)
+    return contents
+
+
+def _check_envelope(contents: dict[str, Any], harness: str) -> None:
+    version, written_by = contents.get("schema_version"), contents.get("harness")
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"schema_version is {version!r}; this code reads version {SCHEMA_VERSION}")
+    if written_by != harness:
+        raise SchemaError(f"written by the {written_by!r} harness, not {harness!r}")
+
+
+def write(results: Results, path: Path) -> None:
+    write_document(results.to_json(), path)
 
 
 def load(path: Path) -> Results:
@@ -260,9 +310,7 @@ def _build(cls: type[Any], raw: dict[str, Any], **nested: Any) -> Any:
 
 
 def from_json(raw: dict[str, Any]) -> Results:
-    version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise SchemaError(f"schema_version is {version!r}; this code reads version {SCHEMA_VERSION}")
+    _check_envelope(raw, "http")
     try:
         return _build(  # type: ignore[no-any-return]
             Results,

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as bench_main
-from bench import charts, cpu, report, results, targets, wrk
+from bench import charts, cpu, echo, parser_micro, report, results, targets, wrk
 from bench.__main__ import parse_cpus
 from conftest import Phase, require_tool
-from tools.phases import REPO_ROOT
+from tools.phases import REPO_ROOT, newest_phase_with
 
 # Captured from `wrk -s bench/lua/report.lua` (wrk 4.1.0): its own report, then our hook's line.
 WRK_JSON = {
@@ -316,6 +316,99 @@ def test_terminal_summary_fits_one_screen() -> None:
     lines = report.terminal_summary(_results()).splitlines()
     assert len(lines) < 25 and max(map(len, lines)) < 160
     assert lines[0].split()[0] == "target"
+
+
+# --------------------------------------------------------------------------------------------- published
+
+
+def test_the_published_tables_are_what_the_committed_results_files_give() -> None:
+    """Every generated table in docs/ is redrawn, byte for byte, from the results file it names."""
+    generated = REPO_ROOT / "docs" / "generated"
+    latest = results.load(REPO_ROOT / "bench" / "results" / "latest.json")
+    assert (generated / "bench" / "summary.md").read_text() == report.markdown(
+        latest,
+        [info.name for info in latest.targets] + list(latest.skipped),
+        "bench/results/latest.json",
+    )
+    echo_results = results.read_document(REPO_ROOT / "bench" / "results" / "echo.json", "echo")
+    for name, text in report.echo_markdown(echo_results).items():
+        assert (generated / "echo" / name).read_text() == text, name
+    parser_results = results.read_document(
+        REPO_ROOT / "bench" / "results" / "parser_micro.json", "parser_micro"
+    )
+    assert (generated / "parser_micro.md").read_text() == report.parser_micro_markdown(parser_results)
+
+
+def test_every_harness_writes_the_same_envelope(tmp_path: Path) -> None:
+    contents = results.document("echo", "echo", ["python"], {"pinned": True}, {"runs": 1}, results=[])
+    assert list(contents)[:7] == [
+        "schema_version",
+        "harness",
+        "name",
+        "created",
+        "command",
+        "machine",
+        "settings",
+    ]
+    assert {"cpu_model", "cores", "kernel", "python", "pinned"} <= set(contents["machine"])
+    path = tmp_path / "echo.json"
+    results.write_document(contents, path)
+    assert results.read_document(path, "echo") == contents
+    with pytest.raises(results.SchemaError, match="written by the 'echo' harness"):
+        results.read_document(path, "parser_micro")
+    assert _results().to_json()["harness"] == "http"
+
+
+# --------------------------------------------------------------------------------------------- disturbed runs
+
+
+@dataclasses.dataclass
+class _Attempt:
+    other_cpu_share: float
+
+
+def test_a_disturbed_run_is_repeated_and_the_quietest_kept() -> None:
+    shares = iter([0.9, 0.5, 0.3])
+    said: list[float] = []
+    kept, discarded = cpu.quietest_of(lambda: _Attempt(next(shares)), cpu.RepeatBudget(10), said.append)
+    assert kept.other_cpu_share == 0.3 and [a.other_cpu_share for a in discarded] == [0.9, 0.5]
+    assert said == [0.9, 0.5]  # at most NOISY_REPEATS repeats, each announced
+
+    budget = cpu.RepeatBudget(0)  # a busy machine has used up the bench's repeats: keep what we have
+    kept, discarded = cpu.quietest_of(lambda: _Attempt(0.9), budget, said.append)
+    assert kept.other_cpu_share == 0.9 and discarded == []
+    quiet, _ = cpu.quietest_of(lambda: _Attempt(0.01), cpu.RepeatBudget(10), said.append)
+    assert quiet.other_cpu_share == 0.01 and len(said) == 2
+
+
+def test_echo_runs_measure_the_cpu_of_the_rest_of_the_machine() -> None:
+    figures = echo.RunFigures(1, 1, 1, 0, 10, 1.0, 10.0, None, None, None, None, None)
+    assert figures.other_cpu_share == 0.0  # measured by nothing: never counted as disturbed
+    disturbed = dataclasses.replace(
+        figures, wall_s=2.0, server_cpu_s=0.5, client_cpu_s=0.5, machine_cpu_s=2.0
+    )
+    assert disturbed.other_cpu_share == 0.5
+
+
+def test_echo_notes_say_how_many_runs_were_repeated() -> None:
+    echo_results = results.read_document(REPO_ROOT / "bench" / "results" / "echo.json", "echo")
+    assert "discarded and repeated" not in report.method_note(echo_results)
+    echo_results["results"][0]["discarded_runs"] = [{}, {}]
+    assert "2 run(s) disturbed by other processes (more than 25% of a core)" in report.method_note(
+        echo_results
+    )
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+
+def test_parser_micro_measures_the_newest_phase_with_a_protocol_unless_told() -> None:
+    newest = newest_phase_with(REPO_ROOT, "protocol.py")
+    assert newest is not None
+    assert parser_micro.parse_arguments([]).phase == newest.name
+    assert parser_micro.parse_arguments(["--phase", "phase3_http_parse"]).phase == "phase3_http_parse"
+    with pytest.raises(SystemExit):
+        parser_micro.parse_arguments(["--phase", "phase1_blocking_echo"])  # it has no protocol.py
 
 
 # --------------------------------------------------------------------------------------------- options
