@@ -80,11 +80,6 @@ def tree_peak_rss_bytes(root_pid: int) -> int:
     return _tree_sum(root_pid, _peak_rss_bytes)
 
 
-def tree_open_fds(root_pid: int) -> int:
-    """File descriptors held by the tree."""
-    return _tree_sum(root_pid, lambda process: process.num_fds())
-
-
 def tree_established_connections(root_pid: int, port: int) -> int:
     """Connections to `port` that the tree holds open: a connection the server has closed (or half-closed)
     is not ESTABLISHED, and one socket shared by two processes counts once."""

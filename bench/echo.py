@@ -269,18 +269,13 @@ class ClosedLoop:
         )
 
 
-def server_command(variant: ServerVariant, pinned: bool) -> list[str]:
-    """`[taskset --cpu-list 1] python -m PHASE --host 127.0.0.1 --port 0 OPTIONS`, run from the repo root."""
-    return phase_command(variant.package, *variant.options, prefix=server_pinning(pinned))
-
-
-def server_pinning(pinned: bool) -> list[str]:
+def server_prefix(pinned: bool) -> list[str]:
     return pinned_to(str(SERVER_CPU), []) if pinned else []
 
 
 def start_server(variant: ServerVariant, pinned: bool) -> PhaseProcess:
-    """A phase started as a subprocess on a free port, pinned to SERVER_CPU."""
-    return PhaseProcess(variant.package, *variant.options, root=REPO_ROOT, prefix=server_pinning(pinned))
+    """`[taskset --cpu-list 1] python -m PHASE --host 127.0.0.1 --port 0 OPTIONS`, run from the repo root."""
+    return PhaseProcess(variant.package, *variant.options, root=REPO_ROOT, prefix=server_prefix(pinned))
 
 
 def stop_server(server: PhaseProcess) -> None:
@@ -326,24 +321,10 @@ EAGAIN_RECV_EVENT = "syscalls:sys_exit_recvfrom"  # counted with the filter ret 
 
 
 def perf_command(pid: int, output: str) -> list[str]:
-    events = ",".join(SYSCALL_EVENTS.values())
-    eagain_filter = f"ret == -{errno.EAGAIN}"
     return [
-        "perf",
-        "stat",
-        "-x",
-        ",",
-        "-o",
-        output,
-        "-p",
-        str(pid),
-        "-e",
-        events,
-        "-e",
-        EAGAIN_RECV_EVENT,
-        "--filter",
-        eagain_filter,
-    ]
+        "perf", "stat", "-x", ",", "-o", output, "-p", str(pid), "-e", ",".join(SYSCALL_EVENTS.values()),
+        "-e", EAGAIN_RECV_EVENT, "--filter", f"ret == -{errno.EAGAIN}",
+    ]  # fmt: skip
 
 
 def wait_until_counting(perf: subprocess.Popen[bytes], pid: int) -> None:
@@ -486,6 +467,14 @@ def measure_everything(args: argparse.Namespace, command: list[str]) -> dict[str
     def trips(clients: int) -> int:
         return round_trips_per_client(clients, at_least=args.round_trips, per_cell=args.cell_round_trips)
 
+    def cell(clients: int) -> dict[str, Any]:
+        return {
+            "round_trips": trips(clients),
+            "message": message,
+            "deadline": args.deadline,
+            "pinned": pinned,
+        }
+
     load_at_start = os.getloadavg()
     if load_at_start[0] > 1.0:
         print(f"warning: load average {load_at_start[0]:.2f}: other processes are running; disturbed runs")
@@ -496,14 +485,7 @@ def measure_everything(args: argparse.Namespace, command: list[str]) -> dict[str
         # A separate, untimed pass: counting costs a little time per call, so it stays out of the timed runs.
         for clients in args.clients:
             for variant in VARIANTS:
-                per_round_trip = count_syscalls(
-                    variant,
-                    clients,
-                    round_trips=trips(clients),
-                    message=message,
-                    deadline=args.deadline,
-                    pinned=pinned,
-                )
+                per_round_trip = count_syscalls(variant, clients, **cell(clients))
                 syscalls.append({"server": variant.key, "clients": clients, "per_round_trip": per_round_trip})
                 print(f"counted system calls: {variant.key:>12} {clients:>5} clients", flush=True)
     else:
@@ -520,17 +502,7 @@ def measure_everything(args: argparse.Namespace, command: list[str]) -> dict[str
                     print(f"{key} {clients} clients: other processes used {share:.0%} of a core; again")
 
                 figures, disturbed = cpu.quietest_of(
-                    partial(
-                        measure,
-                        variant,
-                        clients,
-                        round_trips=trips(clients),
-                        message=message,
-                        deadline=args.deadline,
-                        pinned=pinned,
-                    ),
-                    repeats,
-                    say_again,
+                    partial(measure, variant, clients, **cell(clients)), repeats, say_again
                 )
                 runs.setdefault((variant.key, clients), []).append(figures)
                 discarded.setdefault((variant.key, clients), []).extend(disturbed)
@@ -559,7 +531,10 @@ def measure_everything(args: argparse.Namespace, command: list[str]) -> dict[str
             "client": "one selectors loop in the bench process, non-blocking sockets, TCP_NODELAY",
         },
         servers={
-            variant.key: {"label": variant.label, "command": server_command(variant, pinned)}
+            variant.key: {
+                "label": variant.label,
+                "command": phase_command(variant.package, *variant.options, prefix=server_prefix(pinned)),
+            }
             for variant in VARIANTS
         },
         syscalls={"command": perf_command(0, "FILE"), "counts": syscalls},
