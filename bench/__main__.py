@@ -15,6 +15,7 @@ bench/results/exploratory-NAME.json alone, so trying something never overwrites 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
@@ -232,11 +233,7 @@ def timed_run(server: targets.RunningTarget, wrk_command: list[str], duration_s:
         raise targets.TargetFailed(gone)
     server_cpu_s = cpu.tree_cpu_seconds(server.pid) - server_before
     return Run(
-        requests=result.requests,
-        duration_s=result.duration_s,
-        bytes=result.bytes,
-        errors=result.errors,
-        latency_us=result.latency_us,
+        **dataclasses.asdict(result),
         server_cpu_s=round(server_cpu_s, 3),
         client_cpu_s=round(client_cpu_s, 3),
         machine_cpu_s=round(machine_cpu_s, 3),
@@ -257,16 +254,7 @@ def measure_idle(target: targets.Target, settings: Settings, progress: Progress,
         server.stop()
     if outcome.failure:
         progress.note(f"{target.name} | {IDLE}: {outcome.failure}")
-    return IdleMemory(
-        target=target.name,
-        server_command=server.command,
-        connections_requested=count,
-        connections_held=outcome.held_by_server,
-        rss_before_bytes=outcome.rss_before_bytes,
-        rss_after_bytes=outcome.rss_after_bytes,
-        seconds_to_open=round(outcome.seconds_to_open, 3),
-        failure=outcome.failure,
-    )
+    return outcome
 
 
 # --------------------------------------------------------------------------------------------- outputs

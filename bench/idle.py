@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from functools import partial
 
 from bench import cpu
+from bench.results import IdleMemory
 from bench.targets import RunningTarget
 from tools.phases import HOST
 
@@ -22,16 +23,6 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 OPENING_CONCURRENCY = 256  # connections being set up at once: enough to be quick, few enough for any backlog
 SETTLE_SECONDS = 1.0  # let the server finish the work the last connections caused before weighing it
 CONNECTION_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class IdleOutcome:
-    opened: int
-    held_by_server: int
-    rss_before_bytes: int
-    rss_after_bytes: int
-    seconds_to_open: float
-    failure: str | None
 
 
 async def _open_one(port: int, gate: asyncio.Semaphore) -> asyncio.StreamWriter:
@@ -56,7 +47,7 @@ def _content_length(head: bytes) -> int:
     raise ValueError("response without Content-Length")
 
 
-async def _hold(server: RunningTarget, count: int, deadline_s: float) -> IdleOutcome:
+async def _hold(server: RunningTarget, count: int, deadline_s: float) -> IdleMemory:
     rss_before = cpu.tree_rss_bytes(server.pid)
     gate = asyncio.Semaphore(OPENING_CONCURRENCY)
     started = time.monotonic()
@@ -65,7 +56,8 @@ async def _hold(server: RunningTarget, count: int, deadline_s: float) -> IdleOut
         for _ in range(count)
     ]
     done, pending = await asyncio.wait(tasks, timeout=deadline_s)
-    seconds_to_open = time.monotonic() - started
+    seconds_to_open = round(time.monotonic() - started, 3)
+    measured = partial(IdleMemory, server.target.name, server.command, count)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
@@ -74,7 +66,7 @@ async def _hold(server: RunningTarget, count: int, deadline_s: float) -> IdleOut
     try:
         await asyncio.sleep(SETTLE_SECONDS)
         if (gone := server.exited()) is not None:
-            return IdleOutcome(len(writers), 0, rss_before, 0, seconds_to_open, gone)
+            return measured(0, rss_before, 0, seconds_to_open, gone)
         held = cpu.tree_established_connections(server.pid, server.port)
         rss_after = cpu.tree_rss_bytes(server.pid)
     finally:
@@ -86,10 +78,10 @@ async def _hold(server: RunningTarget, count: int, deadline_s: float) -> IdleOut
         failure = f"opened {len(writers)} of {count} connections ({first_error})"
     elif held < count * 0.99:  # a few may be mid-close; more means the server dropped idle connections
         failure = f"the server held only {held} of {count} idle connections"
-    return IdleOutcome(len(writers), held, rss_before, rss_after, seconds_to_open, failure)
+    return measured(held, rss_before, rss_after, seconds_to_open, failure)
 
 
-def hold_idle_connections(server: RunningTarget, count: int) -> IdleOutcome:
+def hold_idle_connections(server: RunningTarget, count: int) -> IdleMemory:
     """Open `count` idle keep-alive connections to a running server, weigh it, close them all."""
     deadline_s = max(30.0, count / 250)
     return asyncio.run(_hold(server, count, deadline_s))
