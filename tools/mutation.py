@@ -1,0 +1,300 @@
+"""Mutation testing: would the fast tests notice a small, plausible bug in a phase's protocol.py?
+
+    python tools/mutation.py                       # `make mutation`: phase3_http_parse/protocol.py
+    python tools/mutation.py --phase phase4_routing --max-children 2
+    python tools/mutation.py --repo /tmp/before    # a worktree of an older commit: the score before a change
+
+mutmut 3 rewrites every function of protocol.py into mutants, each one small change (`<` made `<=`, a
+constant changed, a call's argument dropped), and runs the tests that call that function against each; a
+mutant is killed when a test fails. A mutant that no test kills is a bug the suite would let through: it
+gets a test, or an entry in tools/mutation_equivalent.toml saying why it behaves exactly like the original.
+This script prints the score, every survivor with its diff, and exits 1 if a survivor is not listed there.
+
+How it runs. Nothing in the working tree is touched: the script copies what the tests need (the phase,
+tests/, bench/, tools/, conftest.py, pyproject.toml) to a temporary directory, appends mutmut's settings to
+that copy's pyproject.toml (mutmut reads only [tool.mutmut] there or [mutmut] in setup.cfg; the block is
+MUTMUT_SETTINGS below), and runs `mutmut run` in it. mutmut copies the tree again to mutants/, with each
+function replaced by a trampoline that calls the mutant named by MUTANT_UNDER_TEST; tests/conftest.py finds
+the phases next to itself, so the tests import mutants/<phase>/protocol.py. mutmut checks this before it
+starts ("forced fail": every trampoline raises and some test must fail), or it stops. Mutants that fail
+`mypy --strict` (part of `make test`) are counted as killed by mypy and not run.
+
+The fast tests are the unit tests of the parser (tests/test_protocol.py, tests/test_protocol_h11.py, the
+in-process tests of tests/test_abuse.py, tests/test_mutation_kills.py). mutmut picks the tests for a mutant
+by recording which functions each test calls, in the test process. A test that starts the phase as a server
+subprocess (the `server` or `start_server` fixture) makes its calls in another process, where nothing is
+recorded, so mutmut would pick it for no mutant: this file, loaded by pytest as a plugin (`-p
+tools.mutation`), deselects those tests, and runs hypothesis derandomized with no example database, so that
+a score does not depend on luck or on what an earlier mutant left behind.
+
+What is not mutated, and why. server.py: its code runs in the server subprocesses of the black-box tests, so
+its mutants would all be "no tests"; running every black-box test against each of its mutants instead
+would take hours on two cores (hundreds of mutants, seconds per test, and a hanging mutant waits for a
+timeout). Its few in-process tests (tests/test_abuse.py) cover too little for a score worth quoting.
+Module-level tables and expressions (the grammar's regular expressions, RFC9110_PHRASES, the Limits
+defaults) and @property bodies: mutmut 3 mutates function bodies only. The tradeoff: the score measures the
+unit tests of protocol.py's functions; bugs elsewhere are found by planting them by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EQUIVALENT_MUTANTS = Path(__file__).resolve().with_name("mutation_equivalent.toml")
+MUTATED_FILE = "protocol.py"
+# Test files that call the protocol in this process; the ones a checkout does not have are left out.
+FAST_TESTS = (
+    "tests/test_protocol.py",
+    "tests/test_protocol_h11.py",
+    "tests/test_abuse.py",
+    "tests/test_mutation_kills.py",
+)
+SERVER_FIXTURES = frozenset({"server", "start_server"})  # a test using one talks to a subprocess
+COPIED = ("tests", "bench", "tools", "conftest.py", "pyproject.toml")  # besides the phase itself
+NOT_COPIED = shutil.ignore_patterns("__pycache__", ".hypothesis", "results", "target")
+MUTMUT_SETTINGS = """
+[tool.mutmut]
+source_paths = ["{phase}"]
+only_mutate = ["{phase}/{mutated_file}"]
+also_copy = ["bench", "tools", "conftest.py"]
+pytest_add_cli_args_test_selection = [{tests}]
+pytest_add_cli_args = ["--phase={phase}", "-p", "tools.mutation", "-p", "no:cacheprovider"]
+type_check_command = [{python}, "-m", "mypy", "--output", "json", "--no-warn-unused-ignores",
+                      "--disable-error-code", "no-redef", "{phase}/{mutated_file}"]
+use_git_change_detection = false
+"""
+# mypy's no-redef is off because mutmut copies __init__ once per mutant into the same class, and the copies
+# redeclare its annotated attributes: an error of the copying, not of any mutant.
+KILLED = {"killed": "by a test", "caught by type check": "by mypy --strict", "timeout": "by a timeout"}
+
+
+# --- the pytest plugin half: loaded in the mutmut run with `-p tools.mutation` ----------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from hypothesis import settings  # noqa: PLC0415 (only the plugin needs it, not the script)
+
+    settings.register_profile("mutation", derandomize=True, database=None)
+    settings.load_profile("mutation")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    starts_server = [item for item in items if SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    if starts_server:
+        config.hook.pytest_deselected(items=starts_server)
+        items[:] = [item for item in items if item not in starts_server]
+
+
+# --- the script half --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str  # mutmut's, e.g. phase3_http_parse.protocol.xǁRequestParserǁtake_continue__mutmut_2
+    status: str  # mutmut's: "killed", "survived", "no tests", "timeout", "caught by type check", ...
+    diff: str = ""
+
+    @property
+    def function(self) -> str:
+        """The mutated function as written in the source: `RequestParser.take_continue`, `parse_head`."""
+        mangled = self.name.rpartition(".")[2].rpartition("__mutmut_")[0]
+        return mangled.removeprefix("x_").removeprefix("xǁ").replace("ǁ", ".")
+
+    @property
+    def label(self) -> str:
+        return f"{self.function} #{self.name.rpartition('__mutmut_')[2]}"
+
+    def changed_lines(self) -> tuple[list[str], list[str]]:
+        """(the lines the mutant removed, the lines it added), stripped: what an equivalence entry names."""
+        lines = self.diff.splitlines()
+        removed = [line[1:].strip() for line in lines if line.startswith("-") and not line.startswith("---")]
+        added = [line[1:].strip() for line in lines if line.startswith("+") and not line.startswith("+++")]
+        return removed, added
+
+
+@dataclass(frozen=True)
+class Equivalent:
+    """An entry of tools/mutation_equivalent.toml: a survivor that behaves exactly like the original."""
+
+    phase: str
+    function: str
+    original: str  # the line as written, stripped
+    mutated: str  # the line as mutated, stripped
+    reason: str
+
+    def matches(self, phase: str, mutant: Mutant) -> bool:
+        removed, added = mutant.changed_lines()
+        return (phase, mutant.function, removed, added) == (
+            self.phase,
+            self.function,
+            [self.original],
+            [self.mutated],
+        )
+
+
+def load_equivalents(path: Path) -> list[Equivalent]:
+    if not path.exists():
+        return []
+    entries = tomllib.loads(path.read_text())["equivalent"]
+    return [Equivalent(**entry) for entry in entries]
+
+
+def prepare(repo: Path, phase: str, workdir: Path, tests: list[str]) -> None:
+    """Copy what the tests need into `workdir`, with mutmut's settings in its pyproject.toml."""
+    shutil.copytree(repo / phase, workdir / phase, ignore=NOT_COPIED)
+    for name in COPIED:
+        source = repo / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name, ignore=NOT_COPIED)
+        elif source.exists():
+            shutil.copy2(source, workdir / name)
+    # This file is the plugin the tests load, whatever the checkout has (an older one has none).
+    (workdir / "tools").mkdir(exist_ok=True)
+    shutil.copy2(__file__, workdir / "tools" / "mutation.py")
+    pyproject = workdir / "pyproject.toml"
+    if "mutmut" in tomllib.loads(pyproject.read_text()).get("tool", {}):
+        sys.exit("pyproject.toml has a [tool.mutmut] table: this script writes its own (MUTMUT_SETTINGS)")
+    settings = MUTMUT_SETTINGS.format(
+        phase=phase,
+        mutated_file=MUTATED_FILE,
+        tests=", ".join(f'"{test}"' for test in tests),
+        python=f'"{sys.executable}"',
+    )
+    with pyproject.open("a") as file:
+        file.write(settings)
+
+
+def mutmut_command() -> str:
+    beside_python = Path(sys.executable).with_name("mutmut")
+    found = str(beside_python) if beside_python.exists() else shutil.which("mutmut")
+    if found is None:
+        sys.exit("mutmut is not installed: .venv/bin/pip install mutmut==3.8.1 (or `make test` sets it up)")
+    return found
+
+
+def run_mutmut(workdir: Path, max_children: int) -> None:
+    """`mutmut run` in `workdir`, its output to workdir/mutmut.log; exit with the log's tail if it fails."""
+    environment = {key: value for key, value in os.environ.items() if key != "MUTANT_UNDER_TEST"}
+    log_path = workdir / "mutmut.log"
+    with log_path.open("w") as log:
+        finished = subprocess.run(
+            [mutmut_command(), "run", "--max-children", str(max_children)],
+            cwd=workdir,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if finished.returncode != 0:
+        tail = log_path.read_text(errors="replace").replace("\r", "\n").splitlines()[-40:]
+        sys.exit("mutmut run failed:\n" + "\n".join(tail))
+
+
+def collect_mutants(workdir: Path, phase: str) -> list[Mutant]:
+    """Every mutant with its status (`mutmut results --all true`), and the diff of every one not killed."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant  # noqa: PLC0415 (the script's half only)
+
+    listing = subprocess.run(
+        [mutmut_command(), "results", "--all", "true"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    mutants = []
+    with contextlib.chdir(workdir):  # mutmut reads its settings and mutants/ from the current directory
+        for line in listing.splitlines():
+            name, separator, status = line.strip().rpartition(": ")
+            if not separator or "__mutmut_" not in name:
+                continue
+            diff = "" if status in KILLED else get_diff_for_mutant(name, path=f"{phase}/{MUTATED_FILE}")
+            mutants.append(Mutant(name, status, diff))
+    return mutants
+
+
+def report(phase: str, mutants: list[Mutant], equivalents: list[Equivalent], seconds: float) -> bool:
+    """Print the score and the survivors; True if every survivor is a listed equivalent."""
+    killed = [mutant for mutant in mutants if mutant.status in KILLED]
+    unkilled = [mutant for mutant in mutants if mutant.status not in KILLED]
+    explained = {
+        mutant.name: entry for mutant in unkilled for entry in equivalents if entry.matches(phase, mutant)
+    }
+    total = len(mutants)
+    print(f"mutation score of {phase}/{MUTATED_FILE}: {len(killed)} killed / {total} mutants", end="")
+    print(f" ({100 * len(killed) / total:.1f}%)" if total else "")
+    for status, how in KILLED.items():
+        print(f"  killed {how}: {sum(mutant.status == status for mutant in killed)}")
+    statuses = sorted({mutant.status for mutant in unkilled})
+    for status in statuses:
+        print(f"  {status}: {sum(mutant.status == status for mutant in unkilled)}")
+    print(f"  of those not killed, listed as equivalent in {EQUIVALENT_MUTANTS.name}: {len(explained)}")
+    if explained:
+        counted = total - len(explained)
+        print(
+            f"  score without the equivalents: {len(killed)} / {counted} ({100 * len(killed) / counted:.1f}%)"
+        )
+    print(f"  time: {seconds / 60:.1f} min")
+    unexplained = [mutant for mutant in unkilled if mutant.name not in explained]
+    if unexplained:
+        print(
+            "\nNot killed and not listed as equivalent (kill each with a test, or list it with its reason):"
+        )
+        for mutant in unexplained:
+            print(f"\n## {mutant.label}: {mutant.status}  ({mutant.name})\n{mutant.diff.rstrip()}")
+    if explained:
+        print("\nEquivalent (listed, with the reason):")
+        for mutant in unkilled:
+            if mutant.name in explained:
+                print(f"\n## {mutant.label}: {explained[mutant.name].reason}\n{mutant.diff.rstrip()}")
+    return not unexplained
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--phase", default="phase3_http_parse", help="the phase whose protocol.py is mutated")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="mutants run at once")
+    parser.add_argument(
+        "--repo", type=Path, default=REPO_ROOT, help="the checkout to test (default: this one)"
+    )
+    parser.add_argument("--tests", nargs="+", help=f"test files to run (default: those of {FAST_TESTS})")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch directory (for `mutmut browse`)"
+    )
+    options = parser.parse_args()
+    repo: Path = options.repo.resolve()
+    if not (repo / options.phase / MUTATED_FILE).is_file():
+        parser.error(f"{repo / options.phase / MUTATED_FILE} does not exist")
+    tests: list[str] = options.tests or [test for test in FAST_TESTS if (repo / test).is_file()]
+    workdir = Path(tempfile.mkdtemp(prefix="mutation-"))
+    started = time.monotonic()
+    try:
+        prepare(repo, options.phase, workdir, tests)
+        print(f"mutmut run over {options.phase}/{MUTATED_FILE} with {' '.join(tests)}", flush=True)
+        run_mutmut(workdir, options.max_children)
+        mutants = collect_mutants(workdir, options.phase)
+    finally:
+        if options.keep:
+            print(f"scratch directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    all_explained = report(
+        options.phase, mutants, load_equivalents(EQUIVALENT_MUTANTS), time.monotonic() - started
+    )
+    return 0 if all_explained else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
