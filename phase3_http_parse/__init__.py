@@ -17,6 +17,7 @@ CAPABILITIES = frozenset(
         "max_connections",
         "trigger_modes",
         "graceful_shutdown",
-        "phase3_server_api",  # tests/test_abuse.py plants bugs in server.py's Server and handle()
+        "server_internals",  # tests/test_abuse.py plants bugs in server.py's Server class
+        "hard_coded_app",  # ... and in its handle(), the whole application of this phase
     }
 )

@@ -442,7 +442,7 @@ def test_a_burst_of_signals_still_exits_zero(server: RunningServer) -> None:
 # --- a bug costs one connection ----------------------------------------------------------------------
 
 
-@pytest.mark.needs("phase3_server_api")
+@pytest.mark.needs("server_internals")
 def test_at_exactly_the_high_water_mark_the_server_neither_parses_nor_reads(phase: Phase) -> None:
     """Backpressure has one test, used by both sides: parsing used to stop at `pending >= high` while
     reading paused only at `pending > high`, so at exactly the mark bytes were read that nothing parsed."""
@@ -478,7 +478,7 @@ def in_process_server(phase: Phase) -> Iterator[tuple[ModuleType, Any, tuple[str
     listener.close()
 
 
-@pytest.mark.needs("phase3_server_api")
+@pytest.mark.needs("server_internals", "hard_coded_app")
 def test_an_exception_in_the_application_costs_one_request_a_500(
     in_process_server: tuple[ModuleType, Any, tuple[str, int]],
     monkeypatch: pytest.MonkeyPatch,
@@ -506,7 +506,7 @@ def test_an_exception_in_the_application_costs_one_request_a_500(
     assert capsys.readouterr().err.count("ZeroDivisionError: planted") == 1
 
 
-@pytest.mark.needs("phase3_server_api")
+@pytest.mark.needs("server_internals")
 def test_an_exception_in_the_event_loop_costs_one_connection(
     in_process_server: tuple[ModuleType, Any, tuple[str, int]],
     monkeypatch: pytest.MonkeyPatch,
