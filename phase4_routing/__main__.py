@@ -1,0 +1,122 @@
+"""Command line: `python -m phase4_routing --host 127.0.0.1 --port 8080 [--static-dir DIR]`."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from .protocol import Limits
+from .server import (
+    DEFAULT_BODY_MIN_RATE,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    serve,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m phase4_routing", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on, 0 for any free port")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="stop accepting while this many clients are connected (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help="close a connection after this many seconds without activity (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        help="answer 408 and close if a request head takes longer than this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        help="answer 408 and close if a request body stalls for this many seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-min-rate",
+        type=int,
+        default=DEFAULT_BODY_MIN_RATE,
+        help="bytes per second a request body must average, else 408 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
+        help="on SIGTERM or SIGINT, seconds to finish the requests in flight (default: %(default)s)",
+    )
+    limits = Limits()
+    parser.add_argument(
+        "--max-request-line",
+        type=int,
+        default=limits.max_request_line,
+        help="longest request line in bytes, else 414 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=limits.max_header_bytes,
+        help="largest header section in bytes, else 431 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-header-count",
+        type=int,
+        default=limits.max_header_count,
+        help="most header fields in a request, else 431 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=limits.max_body_bytes,
+        help="largest request body in bytes, else 413 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--static-dir",
+        type=Path,
+        help="serve the files under this directory at /static/... (default: none, /static/ answers 404)",
+    )
+    parser.add_argument(
+        "--trigger",
+        choices=("level", "edge"),
+        default="level",
+        help="epoll notification mode (default: %(default)s; chapter 2 measures both)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    limits = Limits(
+        max_request_line=args.max_request_line,
+        max_header_bytes=args.max_header_bytes,
+        max_header_count=args.max_header_count,
+        max_body_bytes=args.max_body_bytes,
+    )
+    return serve(
+        args.host,
+        args.port,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        body_min_rate=args.body_min_rate,
+        shutdown_timeout=args.shutdown_timeout,
+        limits=limits,
+        edge_triggered=args.trigger == "edge",
+        static_dir=args.static_dir,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
