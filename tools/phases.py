@@ -76,8 +76,8 @@ def raise_open_file_limit(wanted: int | None = None) -> int:
     """Raise this process's soft limit on open descriptors (children inherit it) to `wanted`, or to the hard
     limit if None; root may raise the hard limit too. Returns the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if wanted is None:
-        wanted = hard
+    if wanted is None:  # the kernel refuses an unlimited descriptor count: 2**20 is its usual ceiling
+        wanted = 2**20 if hard == resource.RLIM_INFINITY else hard
     if hard != resource.RLIM_INFINITY and hard < wanted:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
