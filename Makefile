@@ -17,7 +17,7 @@ ROOT_CONFTEST := conftest.py
 # Material's banner about MkDocs 2 says nothing about our build.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser flame \
+.PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser bench-router flame \
 	mutation system-tools bench-tools clean
 
 run:  ## serve the newest phase on $(HOST):$(PORT)
@@ -90,6 +90,9 @@ bench-echo: $(STAMP)
 
 bench-parser: $(STAMP)  ## the parser microbenchmark, on the newest phase with a protocol.py (PHASE=... for another)
 	taskset --cpu-list 1 $(PY) -m bench.parser_micro --publish $(if $(filter command line,$(origin PHASE)),--phase $(PHASE))
+
+bench-router: $(STAMP)  ## the router microbenchmark, on the newest phase with a router.py (PHASE=... for another)
+	taskset --cpu-list 1 $(PY) -m bench.router_micro --publish $(if $(filter command line,$(origin PHASE)),--phase $(PHASE))
 
 flame: $(STAMP) system-tools
 	$(PY) -m bench.flame --phase $(PHASE)
