@@ -18,8 +18,8 @@ import os
 import stat
 import sys
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .protocol import TEXT_PLAIN, Request, format_http_date, render_response
@@ -43,7 +43,7 @@ class Response:
     status: int = 200
     body: bytes | FileRange = b""
     content_type: str = TEXT_PLAIN
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    headers: Sequence[tuple[str, str]] = ()
 
 
 Params = dict[str, str | int]

@@ -13,7 +13,8 @@ A route is a method, a pattern and a handler: `router.add("GET", "/users/{id:int
 (one per static text, one for {int}, one for {name}, one for {path}). A lookup splits the path on "/" and
 walks down the trie one segment at a time, so its cost grows with the depth of the path, not with the number
 of routes: that is the point of a trie over a list of regular expressions tried in turn (bench/router_micro.py
-measures both, and a dict of exact paths, which is what wins when every route is static).
+measures both, and a dict of exact paths, which is what wins when every route is static). A path that equals
+a pattern with no parameter ("/", "/json") skips the walk: a dict of those gives the node it would reach.
 
 Precedence is fixed, and decided per segment: a static edge first, then {int}, then {name}, then {path}.
 The walk is a depth-first search: if the more specific edge leads to a dead end deeper down (no route of any
@@ -147,6 +148,9 @@ class Router(Generic[H]):
 
     def __init__(self) -> None:
         self._root: Node[H] = Node()
+        # Paths that equal a pattern with no parameter ("/", "/json"), to the node the walk would reach:
+        # static beats everything at every segment, so one dict lookup gives the same node as the walk.
+        self._exact: dict[str, Node[H]] = {}
 
     # --8<-- [start:add]
     def add(self, method: str, pattern: str, handler: H) -> None:
@@ -166,6 +170,8 @@ class Router(Generic[H]):
             )
         node.routes[method] = Route(pattern, handler, parameters)
         node.allow = allowed_methods(node.routes)
+        if not parameters:
+            self._exact[pattern] = node
 
     # --8<-- [end:add]
 
@@ -174,12 +180,14 @@ class Router(Generic[H]):
         """Found, MethodNotAllowed, Options (for OPTIONS with no handler of its own) or NotFound, for a
         request's path (its query removed); never raises. "*" (OPTIONS *) and any path not starting with "/"
         are NotFound: the router routes paths, and a server that answers OPTIONS * does so before routing."""
-        if not path.startswith("/"):
-            return NOT_FOUND
         captured: list[str] = []
-        node = match_segments(self._root, path.split("/"), 1, captured)  # [0] is the "" before the first "/"
+        node = self._exact.get(path)
         if node is None:
-            return NOT_FOUND
+            if not path.startswith("/"):
+                return NOT_FOUND
+            node = match_segments(self._root, path.split("/"), 1, captured)  # [0]: the "" before the "/"
+            if node is None:
+                return NOT_FOUND
         route = node.routes.get(method)
         if route is None:
             if method == "HEAD":  # RFC 9110 §9.3.2: HEAD is GET without the content

@@ -7,6 +7,7 @@ RFC 9110 leaves to the recipient (or one where h11 is more lenient than the gram
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,8 +47,22 @@ def _field_values(data: bytes, name: bytes) -> list[bytes]:
 
 
 def _bad_host(data: bytes) -> bool:
-    host = re.compile(rb"(\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*)(:[0-9]*)?")
-    return any(host.fullmatch(value) is None for value in _field_values(data, b"host"))
+    host = re.compile(rb"(?:\[([0-9A-Za-z:.\-_~!$&'()*+,;=]+)\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*)(:[0-9]*)?")
+    return any(_bad_host_value(host.fullmatch(value)) for value in _field_values(data, b"host"))
+
+
+def _bad_host_value(match: re.Match[bytes] | None) -> bool:
+    """No uri-host [":" port], or an IP-literal that is neither an IPv6 address nor an IPvFuture."""
+    if match is None:
+        return True
+    literal = match.group(1)
+    if literal is None or re.fullmatch(rb"[vV][0-9A-Fa-f]+\..+", literal):
+        return False
+    try:
+        ipaddress.IPv6Address(literal.decode())
+    except ValueError:
+        return True
+    return b"%" in literal
 
 
 def _bad_target(data: bytes) -> bool:
