@@ -22,7 +22,7 @@ from tools.phases import REPO_ROOT, find_phases
 TYPED_PYTEST = ".venv/bin/pytest"
 # What a copy of the repository needs for the tests to run: not the virtualenv, caches or build outputs.
 NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".venv", ".*cache", ".hypothesis", "__pycache__", "site", "build", "target", "docs"
+    ".git", ".venv", ".*cache", ".hypothesis", "__pycache__", "site", "build", "target", "docs", "mutants"
 )
 
 
