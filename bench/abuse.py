@@ -140,7 +140,7 @@ def slow_pipelined_reader(phase_dir: Path) -> Figures:
         sender.start()
         time.sleep(3)
         received = bytearray()
-        ending = "all answers"
+        ending = ""
         sock.settimeout(10)
         while received.count(b"HTTP/1.1 ") < count:
             try:
@@ -153,10 +153,8 @@ def slow_pipelined_reader(phase_dir: Path) -> Figures:
                 break
             received += chunk
     server.stop()
-    answers = received.count(b"HTTP/1.1 200 ")
-    return {
-        "100,000 pipelined GETs read after 3 s (`--header-timeout 1`)": f"{answers:,} answers, then {ending}"
-    }
+    answers = f"{received.count(b'HTTP/1.1 200 '):,} answers" + (f", then {ending}" if ending else "")
+    return {"100,000 pipelined GETs read after 3 s (`--header-timeout 1`)": answers}
 
 
 def sigterm_in_flight(phase_dir: Path) -> Figures:
@@ -183,11 +181,19 @@ def sigterm_in_flight(phase_dir: Path) -> Figures:
         second_status = twice.process.wait(timeout=15)
     twice.stop()
     traceback = "Traceback" in twice.stderr
+    burst = start(phase_dir)
+    with socket.create_connection(burst.address, timeout=5):
+        deadline = time.monotonic() + 10
+        while burst.process.poll() is None and time.monotonic() < deadline:
+            burst.process.send_signal(signal.SIGTERM)
+    burst.stop()
+    burst_traceback = ", with a traceback" if "Traceback" in burst.stderr else ""
     return {
         "SIGTERM during a 4 MiB answer: the answer": "complete" if complete else "cut short",
         "SIGTERM during a 4 MiB answer: exit status": str(status),
         "SIGTERM twice, a request in flight: exit status": f"{second_status}"
         + (", with a traceback" if traceback else ""),
+        "SIGTERM again and again until it exits: exit status": f"{burst.process.returncode}{burst_traceback}",
     }
 
 
