@@ -3,7 +3,9 @@
 Same results in, same files out: the Agg backend (no display), a fixed SVG hash salt (matplotlib otherwise
 draws random ids), and no date in the metadata. So regenerating the charts from a committed results file
 shows no diff, and a diff in a chart always means a change in the numbers. Bars are medians; the whiskers
-span the lowest and highest run. Our phases are drawn in the accent colour, peers in grey-blue.
+span the lowest and highest run. Our phases are drawn in the accent colour, peers in grey-blue. In the
+throughput chart, a bar whose wrk used at least WRK_LIMITED_SHARE of its core is hatched and labelled
+"(wrk-limited)": that bar is the client's limit, not the server's.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ LATENCY_MARKERS = {
     "p99.9": ("#08519c", "^"),
 }
 BAR_HEIGHT_INCHES = 0.32
+NOTE_HEIGHT_INCHES = 0.3
+# A median wrk CPU share at or above this: wrk, one thread on one core, was the bottleneck, not the server.
+WRK_LIMITED_SHARE = 0.95
+WRK_LIMITED_LABEL = " (wrk-limited)"
+WRK_LIMITED_NOTE = (
+    "bars: median of runs; whiskers: lowest to highest run; "
+    f"hatched: wrk used >= {WRK_LIMITED_SHARE * 100:.0f} % of its core, so the bar is wrk's limit"
+)
 FIGURE_WIDTH_INCHES = 9.0
 
 matplotlib.rcParams.update(
@@ -58,23 +68,45 @@ def _figure(panels: int, bars: float) -> tuple[Figure, list[Axes]]:
     return figure, [row[0] for row in axes]
 
 
+def wrk_limited(results: Results, target: str, scenario: str) -> bool:
+    """Whether wrk's median CPU share in this measurement reached WRK_LIMITED_SHARE of its core."""
+    measurement = results.measurement(target, scenario)
+    share = measurement.spread("client_cpu_share") if measurement else None
+    return share is not None and share.median >= WRK_LIMITED_SHARE
+
+
 def _bars(
-    axes: Axes, results: Results, scenario: ScenarioInfo, figure_name: str, show: Callable[[float], str]
+    axes: Axes,
+    results: Results,
+    scenario: ScenarioInfo,
+    figure_name: str,
+    show: Callable[[float], str],
+    *,
+    mark_wrk_limited: bool = False,
 ) -> None:
-    """Horizontal bars, one per target in the results' order, for one figure of one scenario."""
-    names, medians, lows, highs, colours = [], [], [], [], []
+    """Horizontal bars, one per target in the results' order, for one figure of one scenario; with
+    `mark_wrk_limited`, the bars that measure wrk rather than the server are hatched and say so."""
+    names, medians, lows, highs, colours, hatches = [], [], [], [], [], []
     for info in results.targets:
         measurement = results.measurement(info.name, scenario.name)
         spread = measurement.spread(figure_name) if measurement else None
         if spread is None:
             continue
-        names.append(info.name)
+        limited = mark_wrk_limited and wrk_limited(results, info.name, scenario.name)
+        names.append(info.name + (WRK_LIMITED_LABEL if limited else ""))
         medians.append(spread.median)
         lows.append(spread.median - spread.low)
         highs.append(spread.high - spread.median)
         colours.append(_colour(results, info.name))
+        hatches.append("////" if limited else "")
     positions = range(len(names))
-    axes.barh(positions, medians, xerr=[lows, highs], color=colours, capsize=2, error_kw={"linewidth": 0.8})
+    bars = axes.barh(
+        positions, medians, xerr=[lows, highs], color=colours, capsize=2, error_kw={"linewidth": 0.8}
+    )
+    for bar, hatch in zip(bars, hatches, strict=True):
+        if hatch:
+            bar.set_hatch(hatch)
+            bar.set_edgecolor("white")
     axes.set_yticks(list(positions), names)
     axes.invert_yaxis()
     axes.set_title(_sentence(scenario.title), loc="left", fontsize=9, fontweight="bold")
@@ -92,8 +124,13 @@ def _bars(
     axes.margins(x=0.15)
 
 
-def _save(figure: Figure, directory: Path, stem: str) -> list[Path]:
-    figure.tight_layout()
+def _save(figure: Figure, directory: Path, stem: str, note: str | None = None) -> list[Path]:
+    if note is None:
+        figure.tight_layout()
+    else:  # below the panels, in room kept free for it
+        height = figure.get_figheight()
+        figure.text(0.01, 0.1 / height, note, ha="left", va="bottom", fontsize=8, color="#555555")
+        figure.tight_layout(rect=(0, NOTE_HEIGHT_INCHES / height, 1, 1))
     svg, png = directory / f"{stem}.svg", directory / f"{stem}.png"
     figure.savefig(svg, metadata={"Date": None})
     figure.savefig(png, dpi=110, metadata={"Software": None})
@@ -109,14 +146,17 @@ def per_scenario_chart(
     figure_name: str,
     label: str,
     show: Callable[[float], str],
+    mark_wrk_limited: bool = False,
 ) -> list[Path]:
     scenarios = results.scenarios
     figure, axes = _figure(len(scenarios), len(results.targets))
+    if mark_wrk_limited:
+        figure.set_figheight(figure.get_figheight() + NOTE_HEIGHT_INCHES)
     for axis, scenario in zip(axes, scenarios, strict=True):
-        _bars(axis, results, scenario, figure_name, show)
+        _bars(axis, results, scenario, figure_name, show, mark_wrk_limited=mark_wrk_limited)
     axes[-1].set_xlabel(label)
     figure.suptitle(_sentence(label), x=0.01, ha="left", fontweight="bold")
-    return _save(figure, directory, stem)
+    return _save(figure, directory, stem, WRK_LIMITED_NOTE if mark_wrk_limited else None)
 
 
 def latency_chart(results: Results, directory: Path) -> list[Path]:
@@ -185,6 +225,7 @@ def write_charts(results: Results, directory: Path) -> list[Path]:
         figure_name="requests_per_s",
         label="requests per second",
         show=si,
+        mark_wrk_limited=True,
     )
     written += per_scenario_chart(
         results,

@@ -101,33 +101,57 @@ def _table(rows: list[list[str]], header: list[str], numeric_from: int = 1) -> l
     return markdown_table(header, rows, ["---" if n < numeric_from else "--:" for n in range(len(header))])
 
 
-def scenario_table(results: Results, scenario: ScenarioInfo, targets: list[str]) -> list[str]:
-    measured = [m for name in targets if (m := results.measurement(name, scenario.name)) is not None]
-    measured.sort(key=_throughput_key)
-    latency = scenario.pipeline_depth == 1
+def _failed_row(results: Results, measurement: Measurement, columns: int) -> list[str]:
+    return [_label(results, measurement.target), f"failed: {_one_line(measurement.failure or '')}"] + [""] * (
+        columns - 2
+    )
+
+
+def throughput_table(results: Results, measured: list[Measurement]) -> list[str]:
+    """How much a server did, and at what CPU cost: req/s, then what each request cost the server's CPU."""
     header = ["server", "req/s", "req per server CPU-second", "server CPU per req", "server CPU", "wrk CPU"]
-    header += ["p50", "p99", "p99.9"] if latency else []
-    header += ["errors", "peak RSS"]
     rows = []
     for m in measured:
         if m.failure is not None and not m.runs:
-            rows.append(
-                [_label(results, m.target), f"failed: {_one_line(m.failure)}"] + [""] * (len(header) - 2)
-            )
+            rows.append(_failed_row(results, m, len(header)))
             continue
-        row = [
-            _label(results, m.target) + (NOISY_MARK if m.noisy else ""),
-            with_range(m.spread("requests_per_s"), si),
-            with_range(m.spread("requests_per_server_cpu_s"), si),
-            median_only(m.spread("server_cpu_us_per_request"), lambda v: f"{v:.1f} µs"),
-            median_only(m.spread("server_cpu_share"), percent),
-            median_only(m.spread("client_cpu_share"), percent),
-        ]
+        rows.append(
+            [
+                _label(results, m.target) + (NOISY_MARK if m.noisy else ""),
+                with_range(m.spread("requests_per_s"), si),
+                with_range(m.spread("requests_per_server_cpu_s"), si),
+                median_only(m.spread("server_cpu_us_per_request"), lambda v: f"{v:.1f} µs"),
+                median_only(m.spread("server_cpu_share"), percent),
+                median_only(m.spread("client_cpu_share"), percent),
+            ]
+        )
+    return _table(rows, header)
+
+
+def latency_table(results: Results, measured: list[Measurement], *, latency: bool) -> list[str]:
+    """How long a request waited (where wrk's latency means something), what went wrong, and the memory."""
+    header = ["server", *(["p50", "p99", "p99.9"] if latency else []), "errors (mean per run)", "peak RSS"]
+    rows = []
+    for m in measured:
+        if m.failure is not None and not m.runs:
+            rows.append(_failed_row(results, m, len(header)))
+            continue
+        row = [_label(results, m.target) + (NOISY_MARK if m.noisy else "")]
         if latency:
             row += [median_only(m.spread(f"{p}_us"), microseconds) for p in ("p50", "p99", "p99.9")]
         row += [error_summary(m), "—" if m.peak_rss_bytes is None else mebibytes(m.peak_rss_bytes)]
         rows.append(row)
-    lines = _table(rows, header)
+    return _table(rows, header)
+
+
+def scenario_tables(results: Results, scenario: ScenarioInfo, targets: list[str]) -> list[str]:
+    """Two tables per scenario, fastest first: throughput and CPU, then latency and resources (eleven
+    columns in one table overflow a page)."""
+    measured = [m for name in targets if (m := results.measurement(name, scenario.name)) is not None]
+    measured.sort(key=_throughput_key)
+    lines = ["**Throughput and CPU**", "", *throughput_table(results, measured), ""]
+    lines += ["**Latency and resources**", ""]
+    lines += latency_table(results, measured, latency=scenario.pipeline_depth == 1)
     partial = [m for m in measured if m.failure is not None and m.runs]
     if partial:
         lines.append("")
@@ -216,7 +240,7 @@ def markdown(results: Results, targets: list[str], source: str) -> str:
     lines = [GENERATED_NOTE.format(source=source), "", conditions(results), ""]
     for scenario in results.scenarios:
         lines += [f"#### {scenario.title[0].upper()}{scenario.title[1:]}", ""]
-        lines += scenario_table(results, scenario, targets)
+        lines += scenario_tables(results, scenario, targets)
         if scenario.pipeline_depth > 1:
             lines += ["", "wrk times a pipelined batch as one request, so latency is not reported here."]
         lines.append("")

@@ -311,6 +311,22 @@ def test_charts_are_byte_for_byte_reproducible(tmp_path: Path) -> None:
         assert one.read_bytes() == other.read_bytes(), one.name
 
 
+def test_the_throughput_chart_hatches_the_bars_where_wrk_was_the_limit(tmp_path: Path) -> None:
+    measured = _results()  # wrk used 98 % of its core in every run: nginx and phase 3 alike
+    scenario = measured.scenarios[0].name
+    assert charts.wrk_limited(measured, "nginx", scenario)
+    spare = [
+        dataclasses.replace(run, client_cpu_s=run.duration_s * 0.5) for run in measured.measurements[0].runs
+    ]
+    measured.measurements[0] = dataclasses.replace(measured.measurements[0], runs=spare)
+    assert not charts.wrk_limited(measured, "phase3_http_parse", scenario)
+    assert not charts.wrk_limited(measured, "hyper", scenario)  # not measured: nothing to mark
+    charts.write_charts(measured, tmp_path)
+    throughput = (tmp_path / "throughput.svg").read_text()
+    assert throughput.count("(wrk-limited)") == 1 and "hatched: wrk used &gt;= 95 % of its core" in throughput
+    assert "(wrk-limited)" not in (tmp_path / "cpu_efficiency.svg").read_text()
+
+
 def test_terminal_summary_fits_one_screen() -> None:
     lines = report.terminal_summary(_results()).splitlines()
     assert len(lines) < 25 and max(map(len, lines)) < 160
