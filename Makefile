@@ -94,8 +94,8 @@ bench-parser: $(STAMP)  ## the parser microbenchmark, on the newest phase with a
 bench-router: $(STAMP)  ## the router microbenchmark, on the newest phase with a router.py (PHASE=... for another)
 	taskset --cpu-list 1 $(PY) -m bench.router_micro --publish $(if $(filter command line,$(origin PHASE)),--phase $(PHASE))
 
-flame: $(STAMP) system-tools
-	$(PY) -m bench.flame --phase $(PHASE)
+flame: $(STAMP) system-tools  ## a flamegraph of $(PHASE) under load, published in docs/assets/flame/
+	$(PY) -m bench.flame --phase $(PHASE) --publish
 
 mutation: $(STAMP)  ## mutation testing of the phases' code (mutmut): which changes do the tests not catch?
 	$(PY) tools/mutation.py

@@ -1,7 +1,11 @@
 """A flamegraph of a phase under load: where its CPU time goes, function by function.
 
-    make flame PHASE=phase3_http_parse          # docs/assets/flame/phase3_http_parse.svg
-    python -m bench.flame --phase phase3_http_parse --scenario pipeline-16 --duration 15
+    make flame PHASE=phase3_http_parse          # published: docs/assets/flame/phase3_http_parse.svg
+    .venv/bin/python -m bench.flame --phase phase3_http_parse --scenario pipeline-16 --duration 15
+
+Only with --publish (`make flame`) does it write the docs' flamegraph, docs/assets/flame/PHASE.svg; any other
+run is exploratory and writes flame-PHASE-SCENARIO.svg in the temporary directory (or --output), so looking
+never changes what the docs show.
 
 The phase is started exactly as the bench starts it (pinned to the server CPUs), wrk loads it from the client
 CPUs, and py-spy, on the client CPUs too, samples the interpreter's own pid (the server is started with
@@ -22,7 +26,7 @@ from pathlib import Path
 from bench import targets, wrk
 from tools.phases import REPO_ROOT, pinned
 
-FLAME_DIR = REPO_ROOT / "docs" / "assets" / "flame"
+FLAME_DIR = REPO_ROOT / "docs" / "assets" / "flame"  # the published flamegraphs, one per phase
 
 
 class FlameError(Exception):
@@ -83,10 +87,17 @@ def profile(phase: targets.Target, scenario: wrk.Scenario, options: argparse.Nam
             server.stop()
 
 
+def default_output(phase: str, scenario: str, *, publish: bool) -> Path:
+    """The docs' flamegraph of the phase when publishing; otherwise a file in the temporary directory."""
+    if publish:
+        return FLAME_DIR / f"{phase}.svg"
+    return Path(tempfile.gettempdir()) / f"flame-{phase}-{scenario}.svg"
+
+
 def main(argv: list[str] | None = None) -> int:
     scenarios = {scenario.name: scenario for scenario in wrk.SCENARIOS}
     parser = argparse.ArgumentParser(
-        prog="python -m bench.flame",
+        prog=".venv/bin/python -m bench.flame",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -100,14 +111,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="samples per second (default 250)")
     parser.add_argument("--server-cpus", default="1", help="CPUs for the phase (default 1)")
     parser.add_argument("--client-cpus", default="0", help="CPUs for wrk and py-spy (default 0)")
-    parser.add_argument("--output", type=Path, help="the SVG to write (default docs/assets/flame/PHASE.svg)")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"write the docs' flamegraph, {FLAME_DIR.relative_to(REPO_ROOT)}/PHASE.svg (make flame)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help=f"the SVG to write (default: {tempfile.gettempdir()}/flame-PHASE-SCENARIO.svg; with --publish,"
+        f" {FLAME_DIR.relative_to(REPO_ROOT)}/PHASE.svg)",
+    )
     options = parser.parse_args(argv)
     missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
     try:
         if missing:
             raise FlameError(f"{', '.join(missing)} not installed (Debian: apt-get install wrk util-linux)")
         phase = find_phase(options.phase)
-        output = options.output or FLAME_DIR / f"{phase.name}.svg"
+        output = options.output or default_output(phase.name, options.scenario, publish=options.publish)
         profile(phase, scenarios[options.scenario], options, output)
     except (FlameError, targets.TargetFailed, wrk.WrkError) as error:
         print(f"no flamegraph: {error}", file=sys.stderr)

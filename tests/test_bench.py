@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as bench_main
-from bench import charts, cpu, echo, parser_micro, report, results, targets, wrk
+from bench import charts, cpu, echo, flame, parser_micro, report, results, targets, wrk
 from bench.__main__ import parse_cpus
 from conftest import Phase, require_tool
 from tools.phases import REPO_ROOT, newest_phase_with
@@ -440,6 +440,13 @@ def test_select_expands_groups_and_rejects_unknown_names() -> None:
     assert len(targets.select(["all"], [phase])) == len(targets.PEERS) + 1
     with pytest.raises(ValueError, match="unknown target 'nope'"):
         targets.select(["nope"], [phase])
+
+
+def test_only_a_published_flamegraph_goes_into_the_docs() -> None:
+    published = flame.default_output("phase3_http_parse", "keepalive-64", publish=True)
+    assert published == REPO_ROOT / "docs" / "assets" / "flame" / "phase3_http_parse.svg"
+    exploratory = flame.default_output("phase3_http_parse", "keepalive-64", publish=False)
+    assert not exploratory.is_relative_to(REPO_ROOT / "docs")
 
 
 # --------------------------------------------------------------------------------------------- end to end
