@@ -1,4 +1,4 @@
-"""Command line: `python -m phase4_routing --host 127.0.0.1 --port 8080 [--static-dir DIR]`."""
+"""Command line: `python3 -m phase4_routing --host 127.0.0.1 --port 8080 [--static-dir DIR]`."""
 
 import argparse
 import sys
@@ -17,7 +17,7 @@ from .server import (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m phase4_routing", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python3 -m phase4_routing", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on, 0 for any free port")
     parser.add_argument(

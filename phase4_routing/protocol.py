@@ -488,6 +488,7 @@ def parse_head(head: str, limits: Limits) -> tuple[Request, int]:
 # --8<-- [end:parse_head]
 
 
+# --8<-- [start:target]
 def target_path(method: str, target: str) -> str:
     """The path of a `target` that is not origin-form (absolute-form or "*"); raises HttpError if it is no
     allowed request-target for `method`."""
@@ -520,6 +521,9 @@ def valid_host(host: str) -> bool:
     except ValueError:
         return False
     return "%" not in ip_literal  # a zone ID ("%eth0") is no part of RFC 3986's IPv6address
+
+
+# --8<-- [end:target]
 
 
 # --8<-- [start:framing]

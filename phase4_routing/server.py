@@ -326,6 +326,17 @@ class Server:
             self.process_requests(connection)
             self.time_request(connection, count)
 
+    def on_peer_closed(self, connection: Connection) -> None:
+        # A half-close (shutdown(SHUT_WR)) still expects its answers: finish sending, then close.
+        connection.peer_closed = True
+        connection.reading = False
+        if connection.pending_output or connection.pending_file is not None:
+            self.update_interest(connection)
+        else:
+            self.close(connection)
+
+    # --8<-- [end:read]
+
     # --8<-- [start:clocks]
     def time_request(self, connection: Connection, count: int) -> None:
         """Start, move or stop the strict deadline of the request in progress, after `count` new bytes."""
@@ -353,17 +364,6 @@ class Server:
             connection.clock, connection.strict_deadline = NO_CLOCK, None
 
     # --8<-- [end:clocks]
-
-    def on_peer_closed(self, connection: Connection) -> None:
-        # A half-close (shutdown(SHUT_WR)) still expects its answers: finish sending, then close.
-        connection.peer_closed = True
-        connection.reading = False
-        if connection.pending_output or connection.pending_file is not None:
-            self.update_interest(connection)
-        else:
-            self.close(connection)
-
-    # --8<-- [end:read]
 
     # --8<-- [start:requests]
     def process_requests(self, connection: Connection) -> None:

@@ -361,6 +361,37 @@ def test_an_error_answer_reaches_a_client_that_keeps_sending(server: RunningServ
     assert answer.startswith(b"HTTP/1.1 400 ")
 
 
+def test_a_closing_answer_larger_than_the_socket_buffers_reaches_a_client_that_keeps_sending(
+    server: RunningServer,
+) -> None:
+    """`Connection: close` on a 2 MiB answer, from a client that keeps sending and reads late. Our last
+    answer is still in the kernel's send buffer when we are done with it: a plain close() with unread input
+    would send a reset, and the kernel would drop the unsent rest. The lingering close sends it all."""
+    body = os.urandom(2 * 1024 * 1024)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: the answer must wait
+        sock.settimeout(10)
+        sock.connect(server.address)
+        stop = threading.Event()
+
+        def keep_sending() -> None:
+            try:
+                sock.sendall(post_echo(body, "Connection: close"))
+                while not stop.is_set():
+                    sock.sendall(b"x")
+                    time.sleep(0.005)
+            except OSError:
+                pass  # the server has stopped reading: the test is in the reading
+
+        sender = threading.Thread(target=keep_sending, daemon=True)
+        sender.start()
+        time.sleep(0.5)  # the server answers, and goes on receiving, while we read nothing
+        answer, ending = read_until_closed(sock, within=10)
+        stop.set()
+        sender.join(timeout=5)
+    assert answer.endswith(body), f"{len(answer)} of {len(body)} body bytes arrived, then {ending}"
+
+
 def test_the_lingering_close_ends_even_if_the_client_never_stops_sending(server: RunningServer) -> None:
     with server.connect(timeout=10) as sock:
         sock.sendall(b"BROKEN\r\n\r\n")
