@@ -1,0 +1,44 @@
+"""Unit tests of protocol.py that mutation testing (`make mutation`, tools/mutation.py) showed were missing.
+
+Each checks one behaviour that a surviving mutant changed and no other test noticed: a response header that
+carries a lone CR or a lone LF (either one ends a header line for some recipients: response splitting), and
+the errors a caller gets when it asks for a response we refuse to render, which name what is wrong.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import pytest
+
+from conftest import Phase
+
+pytestmark = pytest.mark.needs("http")
+
+
+@pytest.fixture
+def protocol(phase: Phase) -> ModuleType:
+    return phase.import_module("protocol")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Location", "/a\rSet-Cookie: b=c"),
+        ("Location", "/a\nSet-Cookie: b=c"),
+        ("X-A\rSet-Cookie", "b=c"),
+        ("X-A\nSet-Cookie", "b=c"),
+    ],
+    ids=["CR in value", "LF in value", "CR in name", "LF in name"],
+)
+def test_a_lone_cr_or_lf_in_a_response_header_is_refused(protocol: ModuleType, name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=r"CR or LF in the .* response header"):
+        protocol.render_response(None, 302, headers=[(name, value)])
+
+
+@pytest.mark.parametrize("status", [100, 204, 304])
+def test_a_body_for_a_status_that_has_none_is_refused_with_the_status_named(
+    protocol: ModuleType, status: int
+) -> None:
+    with pytest.raises(ValueError, match=f"a {status} response has no body"):
+        protocol.render_response(None, status, b"body")
