@@ -5,8 +5,10 @@
     .venv/bin/python -m bench --targets phase3_http_parse,nginx --scenarios keepalive-64 --runs 5
 
 For each target and scenario: a fresh server pinned to the server CPUs, a warm-up, then several timed wrk
-runs pinned to the client CPUs, reading the server's CPU time from /proc around each. Then, per target, the
-memory it needs to hold many idle connections. Prints a summary and writes the results file. Only with
+runs pinned to the client CPUs, reading the server's CPU time from /proc around each. A scenario that asks for
+more than `GET /` (a parametrized route, a static file the harness writes) measures only the targets that
+serve it, and records why the others were not measured. Then, per target, the memory it needs to hold many
+idle connections. Prints a summary and writes the results file. Only with
 --publish (`make bench`) is that bench/results/latest.json, with the charts under docs/assets/bench/ and the
 tables under docs/generated/bench/ redrawn from it: any other run is exploratory, written to
 bench/results/exploratory-NAME.json alone, so trying something never overwrites the published numbers.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import http.client
 import os
 import shutil
 import signal
@@ -180,25 +183,30 @@ def measure(
     progress: Progress,
     scratch: Path,
     *,
+    static_dir: Path,
     repeats: cpu.RepeatBudget,
 ) -> Measurement:
-    """A fresh server, a warm-up, then the timed runs; any failure is recorded, never raised."""
+    """A fresh server, a check of the scenario's answer, a warm-up, then the timed runs; any failure is
+    recorded, never raised."""
     label = f"{target.name} | {scenario.name}"
     progress.step(f"{label} | starting")
     try:
-        server = targets.start(target, settings.server_cpus, scratch)
+        server = targets.start(target, settings.server_cpus, scratch, static_dir)
     except targets.TargetFailed as error:
         progress.note(f"{label}: {error}")
         return Measurement(target.name, scenario.name, [], [], [], None, str(error))
-    timed_command = wrk.command(scenario, server.url, settings.duration_s, settings.client_cpus)
+    timed_command = wrk.command(scenario, server.origin, settings.duration_s, settings.client_cpus)
     runs: list[Run] = []
     discarded: list[Run] = []
     peak_rss: int | None = None
     failure: str | None = None
     try:
+        expected = targets.static_content() if scenario.needs == "static_files" else None
+        if (wrong := targets.check_get(server.port, scenario.path, expected)) is not None:
+            raise targets.TargetFailed(f"{target.name}: {wrong}")
         if settings.warmup_s > 0:
             progress.step(f"{label} | warm-up")
-            warmup = wrk.command(scenario, server.url, settings.warmup_s, settings.client_cpus)
+            warmup = wrk.command(scenario, server.origin, settings.warmup_s, settings.client_cpus)
             wrk.run(warmup, settings.warmup_s)
         for number in range(1, settings.runs + 1):
             progress.step(f"{label} | run {number}/{settings.runs}")
@@ -214,7 +222,7 @@ def measure(
             runs.append(kept)
             discarded += disturbed
         peak_rss = cpu.tree_peak_rss_bytes(server.pid)
-    except (wrk.WrkError, targets.TargetFailed) as error:
+    except (wrk.WrkError, targets.TargetFailed, OSError, http.client.HTTPException) as error:
         failure = str(error)
         progress.note(f"{label}: {failure}")
     finally:
@@ -240,11 +248,13 @@ def timed_run(server: targets.RunningTarget, wrk_command: list[str], duration_s:
     )
 
 
-def measure_idle(target: targets.Target, settings: Settings, progress: Progress, scratch: Path) -> IdleMemory:
+def measure_idle(
+    target: targets.Target, settings: Settings, progress: Progress, scratch: Path, static_dir: Path
+) -> IdleMemory:
     count = settings.idle_connections
     progress.step(f"{target.name} | {IDLE} | {count:,} connections")
     try:
-        server = targets.start(target, settings.server_cpus, scratch)
+        server = targets.start(target, settings.server_cpus, scratch, static_dir)
     except targets.TargetFailed as error:
         progress.note(f"{target.name} | {IDLE}: {error}")
         return IdleMemory(target.name, [], count, 0, 0, 0, 0.0, str(error))
@@ -290,16 +300,25 @@ class Plan:
     skipped: dict[str, str]
 
     @property
+    def measured_pairs(self) -> int:
+        """The (target, scenario) pairs measured: none where the target does not serve the scenario."""
+        return sum(
+            target.not_served(scenario.needs) is None
+            for target in self.targets
+            for scenario in self.scenarios
+        )
+
+    @property
     def steps(self) -> int:
         per_scenario = 1 + (self.settings.warmup_s > 0) + self.settings.runs
-        return len(self.targets) * (len(self.scenarios) * per_scenario + self.with_idle)
+        return self.measured_pairs * per_scenario + len(self.targets) * self.with_idle
 
     @property
     def minutes(self) -> int:
         settings = self.settings
         per_scenario = settings.warmup_s + settings.runs * settings.duration_s + 1
-        per_target = len(self.scenarios) * per_scenario + self.with_idle * 10
-        return len(self.targets) * per_target // 60 + 1
+        seconds = self.measured_pairs * per_scenario + len(self.targets) * self.with_idle * 10
+        return seconds // 60 + 1
 
 
 def plan(options: argparse.Namespace) -> Plan:
@@ -350,19 +369,36 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
     machine = machine_facts(targets.nginx_path(), targets.HYPER_DIR / "Cargo.lock")
     measurements: list[Measurement] = []
     idle_results: list[IdleMemory] = []
-    planned_runs = len(plan.targets) * len(plan.scenarios) * settings.runs
-    repeats = cpu.RepeatBudget.for_runs(planned_runs)
-    with tempfile.TemporaryDirectory(prefix="bench-") as scratch, Progress(plan.steps) as progress:
+    repeats = cpu.RepeatBudget.for_runs(plan.measured_pairs * settings.runs)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-") as scratch,
+        tempfile.TemporaryDirectory(prefix="bench-static-") as static,
+        Progress(plan.steps) as progress,
+    ):
+        static_dir = targets.write_static_files(Path(static))  # one directory for every target
         for target in plan.targets:
             target_scratch = Path(scratch) / target.name
             start_failure: str | None = None  # a target that did not start once is not tried again
             for scenario in plan.scenarios:
+                if (reason := target.not_served(scenario.needs)) is not None:
+                    measurements.append(
+                        Measurement(target.name, scenario.name, [], [], [], None, not_served=reason)
+                    )
+                    continue
                 if start_failure is not None:
                     measurements.append(
                         Measurement(target.name, scenario.name, [], [], [], None, start_failure)
                     )
                     continue
-                measurement = measure(target, scenario, settings, progress, target_scratch, repeats=repeats)
+                measurement = measure(
+                    target,
+                    scenario,
+                    settings,
+                    progress,
+                    target_scratch,
+                    static_dir=static_dir,
+                    repeats=repeats,
+                )
                 measurements.append(measurement)
                 if not measurement.server_command:
                     start_failure = measurement.failure
@@ -370,7 +406,7 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
                 count = settings.idle_connections
                 idle_results.append(IdleMemory(target.name, [], count, 0, 0, 0, 0.0, start_failure))
             elif plan.with_idle:
-                idle_results.append(measure_idle(target, settings, progress, target_scratch))
+                idle_results.append(measure_idle(target, settings, progress, target_scratch, static_dir))
     return Results(
         name=name,
         created=created,
@@ -379,7 +415,8 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
         command=command,
         targets=[TargetInfo(t.name, t.kind, t.description) for t in plan.targets],
         scenarios=[
-            ScenarioInfo(s.name, s.title, s.connections, s.pipeline_depth, s.close) for s in plan.scenarios
+            ScenarioInfo(s.name, s.title, s.connections, s.pipeline_depth, s.close, s.path, s.needs)
+            for s in plan.scenarios
         ],
         skipped=plan.skipped,
         measurements=measurements,

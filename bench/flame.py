@@ -57,10 +57,16 @@ def profile(phase: targets.Target, scenario: wrk.Scenario, options: argparse.Nam
     output.parent.mkdir(parents=True, exist_ok=True)
     # py-spy starts just after wrk and stops a second before it: every sample is taken under load.
     sampling_s = max(1, options.duration - 1)
-    with tempfile.TemporaryDirectory(prefix="flame-") as scratch:
-        server = targets.start(phase, options.server_cpus, Path(scratch))
+    if (reason := phase.not_served(scenario.needs)) is not None:
+        raise FlameError(f"{phase.name} does not serve {scenario.name}: {reason}")
+    with (
+        tempfile.TemporaryDirectory(prefix="flame-") as scratch,
+        tempfile.TemporaryDirectory(prefix="flame-static-") as static,
+    ):
+        static_dir = targets.write_static_files(Path(static))
+        server = targets.start(phase, options.server_cpus, Path(scratch), static_dir)
         try:
-            load = wrk.command(scenario, server.url, options.duration, options.client_cpus)
+            load = wrk.command(scenario, server.origin, options.duration, options.client_cpus)
             record = [
                 py_spy, "record", "--pid", str(server.pid), "--subprocesses",
                 "--duration", str(sampling_s), "--rate", str(options.rate),

@@ -10,6 +10,7 @@ links or images, so they are valid wherever they are included.
 from __future__ import annotations
 
 import datetime
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -144,11 +145,29 @@ def latency_table(results: Results, measured: list[Measurement], *, latency: boo
     return _table(rows, header)
 
 
+def not_served_note(results: Results, scenario: ScenarioInfo, targets: list[str]) -> list[str]:
+    """One sentence naming the targets not measured in a scenario because they do not serve it, and why."""
+    by_reason: dict[str, list[str]] = {}
+    for name in targets:
+        if (m := results.measurement(name, scenario.name)) is not None and m.not_served is not None:
+            by_reason.setdefault(m.not_served, []).append(name)
+    if not by_reason:
+        return []
+    groups = "; ".join(f"{', '.join(names)} ({reason})" for reason, names in by_reason.items())
+    return [f"Not measured in this scenario, which asks for `GET {scenario.path}`: {groups}."]
+
+
 def scenario_tables(results: Results, scenario: ScenarioInfo, targets: list[str]) -> list[str]:
     """Two tables per scenario, fastest first: throughput and CPU, then latency and resources (eleven
-    columns in one table overflow a page)."""
-    measured = [m for name in targets if (m := results.measurement(name, scenario.name)) is not None]
+    columns in one table overflow a page); then which targets do not serve the scenario."""
+    measured = [
+        m
+        for name in targets
+        if (m := results.measurement(name, scenario.name)) is not None and m.not_served is None
+    ]
     measured.sort(key=_throughput_key)
+    if not measured:
+        return not_served_note(results, scenario, targets)
     lines = ["**Throughput and CPU**", "", *throughput_table(results, measured), ""]
     lines += ["**Latency and resources**", ""]
     lines += latency_table(results, measured, latency=scenario.pipeline_depth == 1)
@@ -168,6 +187,32 @@ def scenario_tables(results: Results, scenario: ScenarioInfo, targets: list[str]
             f"{NOISY_MARK} Other processes used more than {percent(NOISY_OTHER_SHARE)} of a core during most"
             " of these runs, even after repeating them: treat these figures with suspicion.",
         ]
+    if note := not_served_note(results, scenario, targets):
+        lines += ["", *note]
+    return lines
+
+
+def phase_costs(results: Results, targets: list[str]) -> list[str]:
+    """A line per pair of consecutive phases and per scenario every phase serves (`GET /`): what the later
+    phase's server CPU per request costs against the earlier's, from the medians of their runs."""
+    phases = [info.name for info in results.targets if info.kind == "phase" and info.name in targets]
+    lines = []
+    for earlier, later in itertools.pairwise(phases):
+        for scenario in results.scenarios:
+            if scenario.needs is not None:
+                continue
+            before, after = (results.measurement(name, scenario.name) for name in (earlier, later))
+            old = before.spread("server_cpu_us_per_request") if before else None
+            new = after.spread("server_cpu_us_per_request") if after else None
+            if old is None or new is None:
+                continue
+            overlap = max(old.low, new.low) <= min(old.high, new.high)
+            change = (new.median / old.median - 1) * 100
+            lines.append(
+                f"- {later} vs {earlier}, {scenario.title}: {change:+.1f}% server"
+                f" CPU per request ({new.median:.1f} µs against {old.median:.1f} µs; the two ranges of runs"
+                f" {'overlap' if overlap else 'do not overlap'})"
+            )
     return lines
 
 
@@ -238,7 +283,22 @@ def other_load(results: Results) -> float | None:
 def markdown(results: Results, targets: list[str], source: str) -> str:
     """The tables for `targets`: one per scenario, memory with idle connections, and what was skipped."""
     lines = [GENERATED_NOTE.format(source=source), "", conditions(results), ""]
+    if costs := phase_costs(results, targets):
+        lines += [
+            "#### Each phase against the one before",
+            "",
+            "Server CPU per request, median of runs, in the scenarios every phase serves (`GET /`). Where the"
+            " two ranges of runs overlap, this run cannot tell the phases apart.",
+            "",
+            *costs,
+            "",
+        ]
     for scenario in results.scenarios:
+        if all(
+            (m := results.measurement(name, scenario.name)) is None or m.not_served is not None
+            for name in targets
+        ):
+            continue  # nothing on this page serves the scenario
         lines += [f"#### {scenario.title[0].upper()}{scenario.title[1:]}", ""]
         lines += scenario_tables(results, scenario, targets)
         if scenario.pipeline_depth > 1:
@@ -288,6 +348,8 @@ def terminal_summary(results: Results) -> str:
             m = results.measurement(info.name, scenario)
             if m is None:
                 row.append("")
+            elif m.not_served is not None:
+                row.append("n/a")
             else:
                 row.append(median_only(m.spread("requests_per_s"), si) if m.runs else "failed")
         headline = results.measurement(info.name, first)

@@ -8,7 +8,9 @@ are stored per run (requests, seconds, CPU seconds, latencies); everything the d
 derived from them here, by one set of functions, so a table can always be traced back to its runs. Each
 measurement also carries a `summary` (median, min, max) for readers of the JSON; loading ignores it and
 recomputes. The tradeoff: the schema is plain dataclasses checked by hand, not a schema library, so it stays
-readable; `SCHEMA_VERSION` changes whenever a field does.
+readable; `SCHEMA_VERSION` changes whenever a field changes or a required one is added. A new field with a
+default that says what older files meant (a scenario's `path` is "/") keeps the version: older files still
+load.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class Measurement:
     peak_rss_bytes: int | None  # sum of VmHWM over the server's process tree, warm-up included
     failure: str | None = None  # why the measurement stopped early, if it did
     discarded_runs: list[Run] = field(default_factory=list)  # noisy runs that were repeated
+    not_served: str | None = None  # why the target was not measured: it does not serve what the scenario asks
 
     @property
     def noisy(self) -> bool:
@@ -198,6 +201,8 @@ class ScenarioInfo:
     connections: int
     pipeline_depth: int
     close: bool
+    path: str = "/"
+    needs: str | None = None  # what a target must serve beyond `GET /` to be measured in it
 
 
 @dataclass(frozen=True)

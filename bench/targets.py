@@ -6,7 +6,10 @@ pinned to the server CPUs with `taskset`, in its own process group (nginx, gunic
 stopping the group stops them all), with its output in a log file. Not every peer prints the port it got, so
 the harness asks the kernel (psutil) which port the server's process tree listens on. It counts as ready once
 `GET /` answers 200 `text/plain` `Hello, World!`: the same check for every target, so no target is measured
-serving something else. A peer whose tool is missing is skipped with the reason. The tradeoff: nginx refuses
+serving something else. Beyond `GET /`, a target serves what its `serves` names: our phases what their
+CAPABILITIES say ("routing": `GET /users/123`; "static_files": the files of one directory, which the harness
+writes, under /static/), nginx the same static files, by sendfile. A peer whose tool is missing is skipped
+with the reason. The tradeoff: nginx refuses
 `listen ...:0`, so for nginx alone the harness picks a free port and nginx binds it a moment later; if another
 process takes it in between, nginx fails to start and the run says so.
 """
@@ -36,9 +39,16 @@ PEERS_DIR = Path(__file__).resolve().parent / "peers"
 EXPECTED_BODY = b"Hello, World!"
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
+# What a scenario may need beyond `GET /`, as phase capabilities name it.
+SERVABLE = frozenset({"routing", "static_files"})
+# The static file every target that serves static files serves, from one directory the harness writes.
+STATIC_FILE_NAME = "file64k.bin"
+STATIC_FILE_BYTES = 64 * 1024
+STATIC_URL_PATH = f"/static/{STATIC_FILE_NAME}"
 
-# A target's command line, given the port it must listen on (0: any) and a scratch directory for its files.
-CommandFactory = Callable[[int, Path], list[str]]
+# A target's command line, given the port it must listen on (0: any), a scratch directory for its own files
+# and the directory of static files to serve at /static/ (if it serves any).
+CommandFactory = Callable[[int, Path, Path], list[str]]
 
 
 class TargetFailed(Exception):
@@ -53,25 +63,56 @@ class Target:
     command: CommandFactory
     # None when the target can run here; otherwise why not, in words a reader can act on.
     missing: Callable[[], str | None] = lambda: None
+    serves: frozenset[str] = frozenset()  # which of SERVABLE it serves, besides `GET /`
+
+    def not_served(self, needs: str | None) -> str | None:
+        """Why this target is not measured in a scenario that needs `needs`, or None if it is."""
+        if needs is None or needs in self.serves:
+            return None
+        if self.kind == "phase":
+            return f"its CAPABILITIES have no {needs!r}"
+        return "peers serve GET / only" if needs == "routing" else "set up here to serve GET / only"
+
+
+def static_content() -> bytes:
+    """The static file's bytes: every byte value in turn, so any offset can be checked, the same every run."""
+    return bytes(range(256)) * (STATIC_FILE_BYTES // 256)
+
+
+def write_static_files(directory: Path) -> Path:
+    """Fill `directory`, the static files every target serves at /static/: one file, STATIC_FILE_NAME. Both
+    are made readable by everyone: started by root, nginx runs its worker as `nobody`. So `directory` must be
+    its own temporary directory, not inside a private (0700) one."""
+    directory.chmod(0o755)
+    file = directory / STATIC_FILE_NAME
+    file.write_bytes(static_content())
+    file.chmod(0o644)
+    return directory
 
 
 # --------------------------------------------------------------------------------------------- our phases
 
 
-def _phase_command(name: str) -> CommandFactory:
-    def command(port: int, scratch: Path) -> list[str]:
-        return phase_command(name)  # on port 0, always
+def _phase_command(name: str, serves: frozenset[str]) -> CommandFactory:
+    def command(port: int, scratch: Path, static_dir: Path) -> list[str]:
+        options = ["--static-dir", str(static_dir)] if "static_files" in serves else []
+        return phase_command(name, *options)  # on port 0, always
 
     return command
 
 
 def discover_phases(root: Path = REPO_ROOT) -> list[Target]:
     """Every phase package at the repository root that speaks HTTP, in phase order."""
-    return [
-        Target(path.name, "phase", f"this repository's {path.name}", _phase_command(path.name))
-        for path in find_phases(root)
-        if (path / "__init__.py").is_file() and "http" in phase_capabilities(path)
-    ]
+    phases = []
+    for path in find_phases(root):
+        if not (path / "__init__.py").is_file() or "http" not in (capabilities := phase_capabilities(path)):
+            continue
+        serves = capabilities & SERVABLE
+        description = f"this repository's {path.name}"
+        phases.append(
+            Target(path.name, "phase", description, _phase_command(path.name, serves), serves=serves)
+        )
+    return phases
 
 
 # --------------------------------------------------------------------------------------------- the peers
@@ -91,7 +132,7 @@ def _python_module(arguments: str) -> CommandFactory:
     """`python -m ARGUMENTS`, with {host} and {port} filled in. Run from the repository root, where the
     `bench.peers` apps import."""
 
-    def command(port: int, scratch: Path) -> list[str]:
+    def command(port: int, scratch: Path, static_dir: Path) -> list[str]:
         return [sys.executable, "-m", *arguments.format(host=HOST, port=port).split()]
 
     return command
@@ -106,13 +147,13 @@ def _nginx_missing() -> str | None:
     return None if nginx_path() else "nginx is not installed (Debian: apt-get install nginx)"
 
 
-def _nginx_command(port: int, scratch: Path) -> list[str]:
+def _nginx_command(port: int, scratch: Path, static_dir: Path) -> list[str]:
     if port == 0:  # nginx rejects port 0 in `listen`: the one target that needs a port chosen for it
         with socket.socket() as probe:
             probe.bind((HOST, 0))
             port = probe.getsockname()[1]
     template = string.Template((PEERS_DIR / "nginx.conf").read_text())
-    (scratch / "nginx.conf").write_text(template.substitute(prefix=scratch, port=port))
+    (scratch / "nginx.conf").write_text(template.substitute(prefix=scratch, port=port, static_dir=static_dir))
     nginx = nginx_path()
     assert nginx is not None, "checked by _nginx_missing"
     # -e: nginx opens its default error log before reading the config; point that one here too.
@@ -171,7 +212,7 @@ def _hyper_missing() -> str | None:
     return None
 
 
-def _hyper_command(port: int, scratch: Path) -> list[str]:
+def _hyper_command(port: int, scratch: Path, static_dir: Path) -> list[str]:
     return [str(HYPER_BINARY), "--host", HOST, "--port", str(port)]
 
 
@@ -179,9 +220,10 @@ PEERS = (
     Target(
         "nginx",
         "peer",
-        "nginx, 1 worker process, access log off (C)",
+        "nginx, 1 worker process, access log off, static files by sendfile (C)",
         _nginx_command,
         _nginx_missing,
+        serves=frozenset({"static_files"}),
     ),
     Target(
         "hyper",
@@ -258,6 +300,21 @@ def select(names: list[str], phases: list[Target]) -> list[Target]:
 # --------------------------------------------------------------------------------------------- running
 
 
+def check_get(port: int, path: str, expected_body: bytes | None, timeout: float = 2.0) -> str | None:
+    """None if `GET path` answers 200, with `expected_body` if one is given; otherwise what is wrong. Checked
+    once per scenario, so no target is measured answering a 404 or another file."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200 or (expected_body is not None and body != expected_body):
+        return f"GET {path} answered {response.status} with {len(body):,} bytes, not the bench's 200 and body"
+    return None
+
+
 def check_hello(port: int, timeout: float = 2.0) -> str | None:
     """None if `GET /` answers the bench's hello world; otherwise what is wrong. Raises OSError if no server
     accepts the connection yet."""
@@ -292,8 +349,8 @@ class RunningTarget:
         return self.process.pid
 
     @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}/"
+    def origin(self) -> str:
+        return f"http://{HOST}:{self.port}"
 
     def log_tail(self, characters: int = 1500) -> str:
         try:
@@ -327,10 +384,11 @@ def _signal_group(process_group: int, sig: signal.Signals) -> None:
         pass
 
 
-def start(target: Target, cpus: str, scratch: Path) -> RunningTarget:
-    """Start a target pinned to `cpus` and return once it serves the hello world; TargetFailed otherwise."""
+def start(target: Target, cpus: str, scratch: Path, static_dir: Path) -> RunningTarget:
+    """Start a target pinned to `cpus` (serving `static_dir`'s files if it serves static files) and return
+    once it serves the hello world; TargetFailed otherwise."""
     scratch.mkdir(parents=True, exist_ok=True)
-    command = pinned(cpus, target.command(0, scratch))
+    command = pinned(cpus, target.command(0, scratch, static_dir))
     log_path = scratch / f"{target.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

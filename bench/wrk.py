@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.targets import STATIC_URL_PATH
 from tools.phases import pinned
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
@@ -32,6 +33,10 @@ class Scenario:
     connections: int
     pipeline_depth: int = 1  # requests per write; above 1, latency is not measured meaningfully
     close: bool = False  # send `Connection: close`: every request pays for a new TCP connection
+    path: str = "/"  # what every request asks for
+    # What a target must serve beyond `GET /` to be measured here (a phase capability, e.g. "routing"); the
+    # targets that do not are listed as not measured, with the reason.
+    needs: str | None = None
 
 
 # --8<-- [start:scenarios]
@@ -40,6 +45,20 @@ SCENARIOS = (
     Scenario("pipeline-16", "pipelined, 16 requests per write, 64 connections", 64, pipeline_depth=16),
     Scenario("close", "connection churn: Connection: close, 64 connections", 64, close=True),
     Scenario("keepalive-1000", "keep-alive, 1,000 connections", connections=1000),
+    Scenario(
+        "route-64",
+        "a parametrized route, GET /users/123, keep-alive, 64 connections",
+        64,
+        path="/users/123",
+        needs="routing",
+    ),
+    Scenario(
+        "static-64k",
+        f"a 64 KiB static file, GET {STATIC_URL_PATH}, keep-alive, 64 connections",
+        64,
+        path=STATIC_URL_PATH,
+        needs="static_files",
+    ),
 )
 # --8<-- [end:scenarios]
 
@@ -59,8 +78,9 @@ class WrkResult:
     latency_us: dict[str, float]  # mean, stdev, max, p50, p90, p99, p99.9
 
 
-def command(scenario: Scenario, url: str, duration_s: int, cpus: str) -> list[str]:
-    """The exact wrk command line for a scenario (recorded in the results, so anyone can rerun it)."""
+def command(scenario: Scenario, origin: str, duration_s: int, cpus: str) -> list[str]:
+    """The exact wrk command line for a scenario against `origin` (`http://HOST:PORT`), recorded in the
+    results so anyone can rerun it."""
     script = LUA_DIR / ("pipeline.lua" if scenario.pipeline_depth > 1 else "report.lua")
     wrk = [
         "wrk",
@@ -72,7 +92,7 @@ def command(scenario: Scenario, url: str, duration_s: int, cpus: str) -> list[st
     ]  # fmt: skip
     if scenario.close:
         wrk += ["--header", "Connection: close"]
-    wrk.append(url)
+    wrk.append(origin + scenario.path)
     if scenario.pipeline_depth > 1:
         wrk += ["--", str(scenario.pipeline_depth)]  # the script's argument: requests per write
     return pinned(cpus, wrk)

@@ -74,9 +74,10 @@ def test_parse_output_without_the_json_line_says_what_wrk_printed() -> None:
 
 def test_command_pins_wrk_and_passes_each_scenario_its_options() -> None:
     by_name = {scenario.name: scenario for scenario in wrk.SCENARIOS}
-    url = "http://127.0.0.1:8080/"
+    origin = "http://127.0.0.1:8080"
+    url = origin + "/"
 
-    keepalive = wrk.command(by_name["keepalive-64"], url, 5, "0")
+    keepalive = wrk.command(by_name["keepalive-64"], origin, 5, "0")
     assert keepalive[:4] == ["taskset", "--cpu-list", "0", "wrk"]
     assert keepalive[keepalive.index("--threads") + 1] == "1"
     assert keepalive[keepalive.index("--connections") + 1] == "64"
@@ -84,20 +85,23 @@ def test_command_pins_wrk_and_passes_each_scenario_its_options() -> None:
     assert keepalive[keepalive.index("--script") + 1].endswith("report.lua")
     assert keepalive[-1] == url and "--header" not in keepalive
 
-    pipelined = wrk.command(by_name["pipeline-16"], url, 5, "0")
+    pipelined = wrk.command(by_name["pipeline-16"], origin, 5, "0")
     assert pipelined[pipelined.index("--script") + 1].endswith("pipeline.lua")
     assert pipelined[-3:] == [url, "--", "16"]
 
-    churn = wrk.command(by_name["close"], url, 5, "0")
+    churn = wrk.command(by_name["close"], origin, 5, "0")
     assert churn[churn.index("--header") + 1] == "Connection: close"
 
-    many = wrk.command(by_name["keepalive-1000"], url, 5, "0")
+    many = wrk.command(by_name["keepalive-1000"], origin, 5, "0")
     assert many[many.index("--connections") + 1] == "1000"
+
+    assert wrk.command(by_name["route-64"], origin, 5, "0")[-1] == origin + "/users/123"
+    assert wrk.command(by_name["static-64k"], origin, 5, "0")[-1] == origin + "/static/file64k.bin"
 
 
 def test_the_lua_scripts_exist_where_the_commands_point() -> None:
     for scenario in wrk.SCENARIOS:
-        command = wrk.command(scenario, "http://127.0.0.1:1/", 1, "0")
+        command = wrk.command(scenario, "http://127.0.0.1:1", 1, "0")
         assert Path(command[command.index("--script") + 1]).is_file()
 
 
@@ -296,6 +300,52 @@ def test_markdown_tables_put_the_fastest_first_and_our_phases_in_bold() -> None:
     assert "http" not in text.replace("phase3_http_parse", "")  # tables only: no links
 
 
+def _with_a_routed_phase() -> results.Results:
+    """_results() plus phase4_routing, 10 % dearer per request than phase 3, and a scenario only it serves."""
+    base = _results()
+    keepalive = base.measurements[0]
+    dearer = [dataclasses.replace(run, server_cpu_s=run.server_cpu_s * 1.1) for run in keepalive.runs]
+    route = results.ScenarioInfo("route-64", "a route", 64, 1, False, "/users/123", "routing")
+    phase4_keepalive = dataclasses.replace(keepalive, target="phase4_routing", runs=dearer)
+    phase4_route = dataclasses.replace(phase4_keepalive, scenario="route-64")
+    not_served = [
+        results.Measurement("phase3_http_parse", "route-64", [], [], [], None, not_served="no 'routing'"),
+        results.Measurement("nginx", "route-64", [], [], [], None, not_served="peers serve GET / only"),
+    ]
+    return dataclasses.replace(
+        base,
+        targets=[*base.targets[:1], results.TargetInfo("phase4_routing", "phase", "ours"), *base.targets[1:]],
+        scenarios=[*base.scenarios, route],
+        measurements=[*base.measurements, phase4_keepalive, phase4_route, *not_served],
+    )
+
+
+def test_the_summary_says_what_each_phase_costs_over_the_one_before() -> None:
+    measured = _with_a_routed_phase()
+    text = report.markdown(measured, ["phase3_http_parse", "phase4_routing", "nginx"], "test.json")
+    (line,) = [line for line in text.splitlines() if line.startswith("- phase4_routing vs phase3_http_parse")]
+    # Server CPU per request: 2.5 s / 45,000 requests, then 10 % more; the runs' ranges overlap.
+    assert "keep-alive, 64 connections: +10.0% server CPU per request (61.1 µs against 55.6 µs" in line
+    assert line.endswith("the two ranges of runs overlap)")
+    assert "route" not in line  # a scenario phase 3 does not serve is not compared
+
+
+def test_a_scenario_a_target_does_not_serve_says_so_instead_of_leaving_a_hole(tmp_path: Path) -> None:
+    measured = _with_a_routed_phase()
+    text = report.markdown(measured, ["phase3_http_parse", "phase4_routing", "nginx"], "test.json")
+    section = text[text.index("#### A route") :].split("#### Memory")[0]
+    assert section.count("| **phase4_routing** |") == 2  # both tables
+    assert "| nginx |" not in section and "| **phase3_http_parse** |" not in section
+    assert (
+        "Not measured in this scenario, which asks for `GET /users/123`: phase3_http_parse (no 'routing');"
+        " nginx (peers serve GET / only)." in section
+    )
+    # A page where nothing serves the scenario leaves it out; the terminal says n/a.
+    assert "#### A route" not in report.markdown(measured, ["phase3_http_parse", "nginx"], "test.json")
+    assert "n/a" in report.terminal_summary(measured)
+    assert "phase4_routing" in (charts.write_charts(measured, tmp_path)[0]).read_text()
+
+
 def test_write_markdown_gives_each_phase_its_page_beside_the_peers(tmp_path: Path) -> None:
     written = report.write_markdown(_results(), tmp_path, "bench/results/test.json")
     assert sorted(path.name for path in written) == ["phase3_http_parse.md", "summary.md"]
@@ -435,7 +485,7 @@ def test_parse_cpus_reads_taskset_lists() -> None:
 
 
 def test_select_expands_groups_and_rejects_unknown_names() -> None:
-    phase = targets.Target("phase9_test", "phase", "test", lambda port, scratch: [])
+    phase = targets.Target("phase9_test", "phase", "test", lambda port, scratch, static_dir: [])
     assert [t.name for t in targets.select(["phases", "stdlib"], [phase])] == ["phase9_test", "stdlib"]
     assert len(targets.select(["all"], [phase])) == len(targets.PEERS) + 1
     with pytest.raises(ValueError, match="unknown target 'nope'"):
@@ -462,7 +512,7 @@ def test_the_real_harness_measures_a_phase_and_a_peer(phase: Phase, tmp_path: Pa
         pytest.skip("the bench measures the phases of this repository (it starts them from its root)")
     command = [
         sys.executable, "-m", "bench", "--targets", f"{phase.name},stdlib",
-        "--scenarios", "keepalive-64,idle", "--runs", "1", "--duration", "1", "--warmup", "0",
+        "--scenarios", "keepalive-64,static-64k,idle", "--runs", "1", "--duration", "1", "--warmup", "0",
         "--idle-connections", "200", "--name", "smoke", "--output-root", str(tmp_path),
     ]  # fmt: skip
     finished = subprocess.run(
@@ -485,6 +535,15 @@ def test_the_real_harness_measures_a_phase_and_a_peer(phase: Phase, tmp_path: Pa
         idle = measured.idle_for(name)
         assert idle is not None and idle.failure is None, idle
         assert idle.connections_held == 200
+    static = measured.measurement(phase.name, "static-64k")
+    assert static is not None
+    if "static_files" in phase.capabilities:  # served from the harness's directory, checked byte for byte
+        assert static.failure is None and static.not_served is None, static
+        assert static.runs[0].bytes >= static.runs[0].requests * targets.STATIC_FILE_BYTES
+    else:
+        assert static.not_served and not static.runs and not static.server_command
+    stdlib_static = measured.measurement("stdlib", "static-64k")
+    assert stdlib_static is not None and stdlib_static.not_served == "set up here to serve GET / only"
     assert measured.machine["wrk"] and measured.settings.runs == 1
     assert phase.name in finished.stdout  # the one-screen summary
 
