@@ -17,7 +17,8 @@ ROOT_CONFTEST := conftest.py
 # Material's banner about MkDocs 2 says nothing about our build.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser bench-router flame \
+.PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser bench-router \
+	bench-sendfile bench-abuse flame \
 	mutation system-tools bench-tools clean
 
 run:  ## serve the newest phase on $(HOST):$(PORT)
@@ -93,6 +94,9 @@ bench-parser: $(STAMP)  ## the parser microbenchmark, on the newest phase with a
 
 bench-router: $(STAMP)  ## the router microbenchmark, on the newest phase with a router.py (PHASE=... for another)
 	taskset --cpu-list 1 $(PY) -m bench.router_micro --publish $(if $(filter command line,$(origin PHASE)),--phase $(PHASE))
+
+bench-sendfile: $(STAMP)  ## os.sendfile against pread + send: CPU per 64 KiB file (pins itself to CPUs 1 and 0)
+	$(PY) -m bench.sendfile_micro --publish
 
 flame: $(STAMP) system-tools  ## a flamegraph of $(PHASE) under load, published in docs/assets/flame/
 	$(PY) -m bench.flame --phase $(PHASE) --publish

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as bench_main
-from bench import charts, cpu, echo, flame, parser_micro, report, results, targets, wrk
+from bench import charts, cpu, echo, flame, parser_micro, report, results, sendfile_micro, targets, wrk
 from bench.__main__ import parse_cpus
 from conftest import Phase, require_tool
 from tools.phases import REPO_ROOT, newest_phase_with
@@ -474,6 +474,31 @@ def test_parser_micro_measures_the_newest_phase_with_a_protocol_unless_told() ->
     assert parser_micro.parse_arguments(["--phase", "phase3_http_parse"]).phase == "phase3_http_parse"
     with pytest.raises(SystemExit):
         parser_micro.parse_arguments(["--phase", "phase1_blocking_echo"])  # it has no protocol.py
+
+
+# --------------------------------------------------------------------------------------------- sendfile
+
+
+def test_sendfile_micro_sends_every_byte_both_ways_and_tabulates_them() -> None:
+    """A few files each way: the reader counts every byte (run() raises otherwise); the pinning is undone."""
+    cpus = sorted(os.sched_getaffinity(0))
+    methods = sendfile_micro.run(files=20, repeats=2, sender_cpu=cpus[-1], reader_cpu=cpus[0])
+    assert os.sched_getaffinity(0) == set(cpus)
+    assert [method["method"] for method in methods] == [sendfile_micro.SENDFILE, sendfile_micro.READ_AND_SEND]
+    assert [method["bytes_through_user_space_per_file"] for method in methods] == [0, 64 * 1024]
+    for method in methods:
+        assert len(method["repeats"]) == 2
+        for repeat in method["repeats"]:
+            assert repeat["bytes_received"] == 20 * 64 * 1024
+            assert repeat["user_s"] >= 0 and repeat["system_s"] >= 0
+    settings = {"files": 20, "repeats": 2, "file_bytes": 64 * 1024, "sender_cpu": 1, "reader_cpu": 0}
+    table = sendfile_micro.markdown(
+        results.document("sendfile_micro", "test", [], {}, settings, methods=methods)
+    )
+    assert (
+        "| `os.sendfile` | 0 |" in table
+        and "| `os.preadv into a buffer + socket.sendall` | 65,536 |" in table
+    )
 
 
 # --------------------------------------------------------------------------------------------- options
