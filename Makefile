@@ -98,6 +98,15 @@ bench-router: $(STAMP)  ## the router microbenchmark, on the newest phase with a
 bench-sendfile: $(STAMP)  ## os.sendfile against pread + send: CPU per 64 KiB file (pins itself to CPUs 1 and 0)
 	$(PY) -m bench.sendfile_micro --publish
 
+# The attacks of chapter 3 on phase 3 as it was before its defences (commit 8be1d17, extracted by git archive
+# into a temporary directory), then on phase 3 as it is.
+BEFORE_DEFENCES := 8be1d17
+bench-abuse: $(STAMP)  ## the attacks of chapter 3, before and after its defences (about 5 min)
+	before=$$(mktemp -d) && trap 'rm -rf "$$before"' EXIT && \
+	git archive $(BEFORE_DEFENCES) phase3_http_parse | tar -x -C "$$before" && \
+	$(PY) -m bench.abuse --publish --label "before ($(BEFORE_DEFENCES))" --phase-dir "$$before/phase3_http_parse" && \
+	$(PY) -m bench.abuse --publish --label after
+
 flame: $(STAMP) system-tools  ## a flamegraph of $(PHASE) under load, published in docs/assets/flame/
 	$(PY) -m bench.flame --phase $(PHASE) --publish
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as bench_main
-from bench import charts, cpu, echo, flame, parser_micro, report, results, sendfile_micro, targets, wrk
+from bench import abuse, charts, cpu, echo, flame, parser_micro, report, results, sendfile_micro, targets, wrk
 from bench.__main__ import parse_cpus
 from conftest import Phase, require_tool
 from tools.phases import REPO_ROOT, newest_phase_with
@@ -402,6 +402,32 @@ def test_the_published_tables_are_what_the_committed_results_files_give() -> Non
         REPO_ROOT / "bench" / "results" / "parser_micro.json", "parser_micro"
     )
     assert (generated / "parser_micro.md").read_text() == report.parser_micro_markdown(parser_results)
+    abuse_results = results.read_document(REPO_ROOT / "bench" / "results" / "abuse.json", "abuse")
+    assert (generated / "abuse.md").read_text() == abuse.markdown(abuse_results)
+
+
+def test_the_abuse_table_has_an_attack_per_row_and_a_label_per_column() -> None:
+    contents = results.document(
+        "abuse",
+        "abuse",
+        [],
+        {},
+        {},
+        labels={
+            "before (abc1234)": {"figures": {"attack one": "dead", "attack two": "0"}},
+            "after": {"figures": {"attack one": "serving", "attack three": "1.0 s"}},
+        },
+    )
+    lines = abuse.markdown(contents).splitlines()
+    assert lines[:2] == ["| attack | before (abc1234) | after |", "|:--|--:|--:|"]
+    assert lines[2:5] == [
+        "| attack one | dead | serving |",
+        "| attack two | 0 | not measured |",
+        "| attack three | not measured | 1.0 s |",
+    ]
+    assert abuse.parse_arguments(["--label", "after"]).phase_dir == REPO_ROOT / "phase3_http_parse"
+    with pytest.raises(SystemExit):
+        abuse.parse_arguments([])  # a run needs a label
 
 
 def test_every_harness_writes_the_same_envelope(tmp_path: Path) -> None:
