@@ -98,13 +98,17 @@ def render(request: Request, response: Response) -> bytes | FileReply:
         return render_response(
             request, response.status, body, content_type=response.content_type, headers=response.headers
         )
-    head = render_response(
-        request,
-        response.status,
-        content_type=response.content_type,
-        headers=response.headers,
-        body_length=body.length,
-    )
+    try:
+        head = render_response(
+            request,
+            response.status,
+            content_type=response.content_type,
+            headers=response.headers,
+            body_length=body.length,
+        )
+    except BaseException:
+        os.close(body.fd)  # the file is ours until the server has it: a bad header must not leak it
+        raise
     if request.is_head or body.length == 0:  # RFC 9110 §9.3.2: HEAD gets the headers of GET, no content
         os.close(body.fd)
         return head

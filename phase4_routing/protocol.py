@@ -668,7 +668,12 @@ def diagnose_field_lines(lines: list[str], what: str) -> HttpError:  # noqa: PLR
 CONTINUE_RESPONSE = b"HTTP/1.1 100 Continue\r\n\r\n"
 TEXT_PLAIN = "text/plain; charset=utf-8"
 # Python 3.11's HTTPStatus still has RFC 7231's phrases for these; RFC 9110 §15 renamed them.
-RFC9110_PHRASES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
+RFC9110_PHRASES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
 STATUS_LINES = {
     status.value: f"HTTP/1.1 {status.value} {RFC9110_PHRASES.get(status.value, status.phrase)}\r\n"
     for status in HTTPStatus

@@ -807,7 +807,8 @@ def test_error_response_closes(protocol: ModuleType) -> None:
 @pytest.mark.parametrize(
     ("status", "phrase"),
     [(200, "OK"), (404, "Not Found"), (408, "Request Timeout"), (413, "Content Too Large"),
-     (414, "URI Too Long"), (431, "Request Header Fields Too Large"), (500, "Internal Server Error"),
+     (414, "URI Too Long"), (416, "Range Not Satisfiable"), (431, "Request Header Fields Too Large"),
+     (500, "Internal Server Error"),
      (505, "HTTP Version Not Supported")],
 )  # fmt: skip
 def test_status_lines_carry_rfc_9110_reason_phrases(protocol: ModuleType, status: int, phrase: str) -> None:
