@@ -10,6 +10,7 @@ throughput chart, a bar whose wrk used at least WRK_LIMITED_SHARE of its core is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ matplotlib.use("Agg")  # files only, no display: chosen before pyplot is importe
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from bench.report import microseconds, si
 from bench.results import Results, ScenarioInfo
@@ -163,9 +165,13 @@ def latency_chart(results: Results, directory: Path) -> list[Path]:
     """p50 to p99.9 per target as points on a log scale (bars would start at an arbitrary axis minimum), for
     the scenarios where wrk's latency means something."""
     scenarios = [scenario for scenario in results.scenarios if scenario.pipeline_depth == 1]
-    names = [info.name for info in results.targets]
-    figure, axes = _figure(len(scenarios), len(names))
+    figure, axes = _figure(len(scenarios), len(results.targets))
     for axis, scenario in zip(axes, scenarios, strict=True):
+        names = [  # a target that does not serve the scenario has no row, rather than an empty one
+            info.name
+            for info in results.targets
+            if (m := results.measurement(info.name, scenario.name)) is None or m.not_served is None
+        ]
         for row, name in enumerate(names):
             measurement = results.measurement(name, scenario.name)
             points = [
@@ -182,6 +188,11 @@ def latency_chart(results: Results, directory: Path) -> list[Path]:
                 colour, marker = LATENCY_MARKERS[percentile]
                 axis.scatter([value], [row], color=colour, marker=marker, s=28, zorder=2, label=percentile)
         axis.set_xscale("log")
+        # Whole decades, each labelled: a panel spanning less than one would otherwise get only matplotlib's
+        # minor-tick labels, in scientific notation.
+        low, high = axis.get_xlim()
+        axis.set_xlim(10 ** math.floor(math.log10(low)), 10 ** math.ceil(math.log10(high)))
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_yticks(list(range(len(names))), names)
         axis.set_ylim(len(names) - 0.5, -0.5)
         axis.set_title(_sentence(scenario.title), loc="left", fontsize=9, fontweight="bold")
