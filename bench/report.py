@@ -193,11 +193,13 @@ def scenario_tables(results: Results, scenario: ScenarioInfo, targets: list[str]
 
 
 def phase_costs(results: Results, targets: list[str]) -> list[str]:
-    """A line per pair of consecutive phases and per scenario every phase serves (`GET /`): what the later
-    phase's server CPU per request costs against the earlier's, from the medians of their runs."""
-    phases = [info.name for info in results.targets if info.kind == "phase" and info.name in targets]
+    """A line per phase in `targets` and per scenario every phase serves (`GET /`): what its server CPU per
+    request costs against the phase measured before it (on its own page too), from the medians of runs."""
+    phases = [info.name for info in results.targets if info.kind == "phase"]
     lines = []
     for earlier, later in itertools.pairwise(phases):
+        if later not in targets:
+            continue
         for scenario in results.scenarios:
             if scenario.needs is not None:
                 continue

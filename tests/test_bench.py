@@ -328,6 +328,9 @@ def test_the_summary_says_what_each_phase_costs_over_the_one_before() -> None:
     assert "keep-alive, 64 connections: +10.0% server CPU per request (61.1 µs against 55.6 µs" in line
     assert line.endswith("the two ranges of runs overlap)")
     assert "route" not in line  # a scenario phase 3 does not serve is not compared
+    # The later phase's own page, beside the peers only, says it too; phase 3's, the first, does not.
+    assert line in report.markdown(measured, ["phase4_routing", "nginx"], "test.json")
+    assert "phase4_routing vs" not in report.markdown(measured, ["phase3_http_parse", "nginx"], "test.json")
 
 
 def test_a_scenario_a_target_does_not_serve_says_so_instead_of_leaving_a_hole(tmp_path: Path) -> None:
