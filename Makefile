@@ -101,7 +101,7 @@ bench-sendfile: $(STAMP)  ## os.sendfile against pread + send: CPU per 64 KiB fi
 # The attacks of chapter 3 on phase 3 as it was before its defences (commit 8be1d17, extracted by git archive
 # into a temporary directory), then on phase 3 as it is.
 BEFORE_DEFENCES := 8be1d17
-bench-abuse: $(STAMP)  ## the attacks of chapter 3, before and after its defences (about 5 min)
+bench-abuse: $(STAMP)  ## the attacks of chapter 3, before and after its defences (a few minutes, mostly waiting)
 	before=$$(mktemp -d) && trap 'rm -rf "$$before"' EXIT && \
 	git archive $(BEFORE_DEFENCES) phase3_http_parse | tar -x -C "$$before" && \
 	$(PY) -m bench.abuse --publish --label "before ($(BEFORE_DEFENCES))" --phase-dir "$$before/phase3_http_parse" && \
