@@ -3,8 +3,9 @@
     make bench-parser                                   # the newest phase with a protocol.py, published
     taskset -c 1 .venv/bin/python -m bench.parser_micro --phase phase3_http_parse   # exploratory
 
-With --publish (`make bench-parser`) it writes bench/results/parser_micro.json and
-docs/generated/parser_micro.md; otherwise bench/results/exploratory-parser_micro-NAME.json alone. Four
+With --publish (`make bench-parser`) it writes bench/results/parser_micro-PHASE.json and
+docs/generated/parser_micro-PHASE.md, one pair per phase, so that each chapter shows its own parser;
+otherwise bench/results/exploratory-parser_micro-NAME.json alone. Four
 questions, each measured with its alternatives in the same run: what a request costs end to end (our parser,
 reused as on a keep-alive connection and fresh, against h11 as a peer); how to get a complete head out of the
 receive buffer (a bytearray slice decoded to str, which we chose, against decoding a memoryview slice, bytes
@@ -37,8 +38,17 @@ from bench import report
 from bench.results import document, exploratory_name, read_document, result_file_name, write_document
 from tools.phases import REPO_ROOT, newest_phase_with
 
-PUBLISHED_NAME = "parser_micro"  # bench/results/parser_micro.json: the results the docs show
-TABLE = REPO_ROOT / "docs" / "generated" / "parser_micro.md"
+PUBLISHED_NAME = "parser_micro"  # bench/results/parser_micro-PHASE.json: the results a chapter shows
+
+
+def published_name(phase: str) -> str:
+    return f"{PUBLISHED_NAME}-{phase}"
+
+
+def table_path(phase: str) -> Path:
+    return REPO_ROOT / "docs" / "generated" / f"{published_name(phase)}.md"
+
+
 REPEATS = 7
 TARGET_SECONDS = 0.2  # per repeat: long enough for timer resolution, short enough for a quick run
 
@@ -370,7 +380,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--publish",
         action="store_true",
-        help=f"write bench/results/{PUBLISHED_NAME}.json and the docs' table (make bench-parser)",
+        help=f"write bench/results/{PUBLISHED_NAME}-PHASE.json and the docs' table (make bench-parser)",
     )
     parser.add_argument(
         "--name",
@@ -396,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     load_protocol(options.phase)
     contents = document(
         "parser_micro",
-        PUBLISHED_NAME,
+        published_name(options.phase),
         [sys.executable, "-m", "bench.parser_micro", *(sys.argv[1:] if argv is None else argv)],
         {
             "python_implementation": platform.python_implementation(),
@@ -405,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
         {"phase": options.phase, "repeats": REPEATS, "target_seconds": TARGET_SECONDS},
         **run(),
     )
-    name = result_file_name(PUBLISHED_NAME, f"{PUBLISHED_NAME}-{options.name}", publish=options.publish)
+    name = result_file_name(
+        published_name(options.phase), f"{PUBLISHED_NAME}-{options.name}", publish=options.publish
+    )
     results_path = REPO_ROOT / "bench" / "results" / f"{name}.json"
     write_document(contents, results_path)
     print(f"wrote {results_path}")
@@ -416,9 +428,10 @@ def write_table(contents: dict[str, Any], *, publish: bool) -> int:
     table = report.parser_micro_markdown(contents)
     print(table)
     if publish:
-        TABLE.parent.mkdir(parents=True, exist_ok=True)
-        TABLE.write_text(table)
-        print(f"wrote {TABLE}")
+        table_file = table_path(contents["settings"]["phase"])
+        table_file.parent.mkdir(parents=True, exist_ok=True)
+        table_file.write_text(table)
+        print(f"wrote {table_file}")
     return 0
 
 
