@@ -441,8 +441,7 @@ class Server:
             except OSError:
                 self.close(connection)
                 return
-            # Deleting from the front of a bytearray is cheap in CPython: it moves a start offset, not the
-            # bytes.
+            # Deleting from the front of a bytearray is cheap in CPython: it moves an offset, not the bytes.
             del connection.pending_output[:sent]
             if connection.pending_output:
                 self.update_interest(connection)
