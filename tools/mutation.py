@@ -202,7 +202,7 @@ def run_mutmut(workdir: Path, max_children: int) -> None:
         )
     if finished.returncode != 0:
         tail = log_path.read_text(errors="replace").replace("\r", "\n").splitlines()[-40:]
-        sys.exit("mutmut run failed:\n" + "\n".join(tail))
+        sys.exit(f"mutmut run failed (exit status {finished.returncode}), its log ends:\n" + "\n".join(tail))
 
 
 def collect_mutants(workdir: Path, phase: str) -> list[Mutant]:
@@ -282,13 +282,15 @@ def main() -> int:
     tests: list[str] = options.tests or [test for test in FAST_TESTS if (repo / test).is_file()]
     workdir = Path(tempfile.mkdtemp(prefix="mutation-"))
     started = time.monotonic()
+    failed = True
     try:
         prepare(repo, options.phase, workdir, tests)
         print(f"mutmut run over {options.phase}/{MUTATED_FILE} with {' '.join(tests)}", flush=True)
         run_mutmut(workdir, options.max_children)
         mutants = collect_mutants(workdir, options.phase)
+        failed = False
     finally:
-        if options.keep:
+        if options.keep or failed:  # a failed run keeps its log and mutants/ to look at
             print(f"scratch directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
