@@ -20,10 +20,12 @@ from tools.phases import REPO_ROOT, find_phases
 
 # As printed in the docs. Where the virtualenv is elsewhere, its pytest stands in for `.venv/bin/pytest`.
 TYPED_PYTEST = ".venv/bin/pytest"
-# What a copy of the repository needs for the tests to run: not the virtualenv, caches or build outputs.
+# What a copy of the repository needs for the tests to run: not the virtualenv, caches or build outputs, nor a
+# reader's own copies of a phase (`my_phase2`, as the chapters suggest): the tests make their own.
 NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".venv", ".*cache", ".hypothesis", "__pycache__", "site", "build", "target", "docs", "mutants"
-)
+    ".git", ".venv", ".*cache", ".hypothesis", "__pycache__", "site", "build", "target", "docs", "mutants",
+    "my_*",
+)  # fmt: skip
 
 
 def run_as_typed(command_line: str, cwd: Path) -> subprocess.CompletedProcess[str]:

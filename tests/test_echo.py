@@ -272,12 +272,16 @@ runpy.run_module(package, run_name="__main__", alter_sys=True)
 """
 FAULT_IN_SEND = """
 import runpy, socket, sys
-real_send = socket.socket.send
+real_send, real_sendall = socket.socket.send, socket.socket.sendall
 def send(self, data, *flags):
     if bytes(data[:4]) == b"boom":
         raise RuntimeError("fault planted by the test")
     return real_send(self, data, *flags)
-socket.socket.send = send
+def sendall(self, data, *flags):
+    if bytes(data[:4]) == b"boom":
+        raise RuntimeError("fault planted by the test")
+    return real_sendall(self, data, *flags)
+socket.socket.send, socket.socket.sendall = send, sendall
 """
 FAULT_IN_FIRST_ACCEPT = """
 import runpy, socket, sys
