@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -179,12 +180,11 @@ def prepare(repo: Path, phase: str, workdir: Path, tests: list[str]) -> None:
         file.write(settings)
 
 
-def mutmut_command() -> str:
-    beside_python = Path(sys.executable).with_name("mutmut")
-    found = str(beside_python) if beside_python.exists() else shutil.which("mutmut")
-    if found is None:
-        sys.exit("mutmut is not installed: .venv/bin/pip install mutmut==3.8.1 (or `make test` sets it up)")
-    return found
+def mutmut_command() -> list[str]:
+    """mutmut's command line, run by this Python: what its console script does, without needing that file."""
+    if importlib.util.find_spec("mutmut") is None:
+        sys.exit("mutmut is not installed: .venv/bin/pip install mutmut==3.8.1 (`make mutation` installs it)")
+    return [sys.executable, "-c", "from mutmut.__main__ import cli; cli()"]
 
 
 def run_mutmut(workdir: Path, max_children: int) -> None:
@@ -193,7 +193,7 @@ def run_mutmut(workdir: Path, max_children: int) -> None:
     log_path = workdir / "mutmut.log"
     with log_path.open("w") as log:
         finished = subprocess.run(
-            [mutmut_command(), "run", "--max-children", str(max_children)],
+            [*mutmut_command(), "run", "--max-children", str(max_children)],
             cwd=workdir,
             env=environment,
             stdout=log,
@@ -210,7 +210,7 @@ def collect_mutants(workdir: Path, phase: str) -> list[Mutant]:
     from mutmut.mutation.diff_apply import get_diff_for_mutant  # noqa: PLC0415 (the script's half only)
 
     listing = subprocess.run(
-        [mutmut_command(), "results", "--all", "true"],
+        [*mutmut_command(), "results", "--all", "true"],
         cwd=workdir,
         capture_output=True,
         text=True,
