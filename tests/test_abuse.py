@@ -476,7 +476,8 @@ def test_a_burst_of_signals_still_exits_zero(server: RunningServer) -> None:
 @pytest.mark.needs("server_internals")
 def test_at_exactly_the_high_water_mark_the_server_neither_parses_nor_reads(phase: Phase) -> None:
     """Backpressure has one test, used by both sides: parsing used to stop at `pending >= high` while
-    reading paused only at `pending > high`, so at exactly the mark bytes were read that nothing parsed."""
+    reading paused only at `pending > high`, so at exactly the mark bytes were read that nothing parsed.
+    Reading resumes only below the low-water mark: the gap between the marks is what stops flapping."""
     server_module = phase.import_module("server")
     with server_module.create_listener("127.0.0.1", 0) as listener:
         server = server_module.Server(listener, high_water_mark=1000, low_water_mark=100)
@@ -491,6 +492,12 @@ def test_at_exactly_the_high_water_mark_the_server_neither_parses_nor_reads(phas
             connection.parser.feed(get("/"))
             server.process_requests(connection)
             assert connection.parser.has_partial_request  # left unparsed, like everything else read
+            del connection.pending_output[:500]  # between the marks: still paused (no flapping)
+            server.update_interest(connection)
+            assert not connection.reading
+            del connection.pending_output[:401]  # below the low-water mark: reading again
+            server.update_interest(connection)
+            assert connection.reading
         server.epoll.close()
 
 
