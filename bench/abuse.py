@@ -27,7 +27,14 @@ from typing import Any
 import psutil
 
 from bench.report import markdown_table
-from bench.results import document, exploratory_name, now, read_document, result_file_name, write_document
+from bench.results import (
+    add_publishing_options,
+    document,
+    now,
+    read_document,
+    result_file_name,
+    write_document,
+)
 from tools.phases import REPO_ROOT, PhaseProcess
 
 PUBLISHED_NAME = "abuse"  # bench/results/abuse.json: the results the docs show
@@ -237,23 +244,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=REPO_ROOT / "phase3_http_parse",
         help="the phase package to measure (default: this repository's phase3_http_parse)",
     )
-    parser.add_argument(
-        "--publish",
-        action="store_true",
-        help=f"store the figures in bench/results/{PUBLISHED_NAME}.json and redraw the docs' table"
-        " (make bench-abuse)",
-    )
-    parser.add_argument(
-        "--name",
-        default=exploratory_name(),
-        help=f"without --publish: bench/results/exploratory-{PUBLISHED_NAME}-NAME.json (default: the time)",
-    )
-    parser.add_argument(
-        "--from-results",
-        type=Path,
-        metavar="JSON",
-        help="measure nothing: print the table of a results file; with --publish, rewrite the docs' from it",
-    )
+    add_publishing_options(parser, PUBLISHED_NAME, "make bench-abuse")
     options = parser.parse_args(argv)
     if options.from_results is None and not options.label:
         parser.error("--label is required, unless --from-results")

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import cpu, report
-from bench.results import document, exploratory_name, read_document, result_file_name, write_document
+from bench.results import add_publishing_options, document, read_document, result_file_name, write_document
 from tools.phases import REPO_ROOT, PhaseProcess, phase_command, raise_open_file_limit
 from tools.phases import pinned as pinned_to
 
@@ -418,22 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--deadline", type=float, default=10.0, help="seconds per cell and run (default: %(default)s)"
     )
-    parser.add_argument(
-        "--publish",
-        action="store_true",
-        help=f"write bench/results/{PUBLISHED_NAME}.json and the chapters' tables (make bench-echo)",
-    )
-    parser.add_argument(
-        "--name",
-        default=exploratory_name(),
-        help=f"without --publish: bench/results/exploratory-{PUBLISHED_NAME}-NAME.json (default: the time)",
-    )
-    parser.add_argument(
-        "--from-results",
-        type=Path,
-        metavar="JSON",
-        help="measure nothing: print the tables of a results file; with --publish, rewrite the docs' from it",
-    )
+    add_publishing_options(parser, PUBLISHED_NAME, "make bench-echo")
     return parser.parse_args(argv)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import h11
 
 from bench import report
-from bench.results import document, exploratory_name, read_document, result_file_name, write_document
+from bench.results import add_publishing_options, document, read_document, result_file_name, write_document
 from tools.phases import REPO_ROOT, newest_phase_with
 
 PUBLISHED_NAME = "parser_micro"  # bench/results/parser_micro-PHASE.json: the results a chapter shows
@@ -377,22 +377,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=newest.name if newest else None,
         help="the phase whose protocol.py to measure (default: the newest phase with one, %(default)s)",
     )
-    parser.add_argument(
-        "--publish",
-        action="store_true",
-        help=f"write bench/results/{PUBLISHED_NAME}-PHASE.json and the docs' table (make bench-parser)",
-    )
-    parser.add_argument(
-        "--name",
-        default=exploratory_name(),
-        help=f"without --publish: bench/results/exploratory-{PUBLISHED_NAME}-NAME.json (default: the time)",
-    )
-    parser.add_argument(
-        "--from-results",
-        type=Path,
-        metavar="JSON",
-        help="measure nothing: print the tables of a results file; with --publish, rewrite the docs' from it",
-    )
+    add_publishing_options(parser, f"{PUBLISHED_NAME}-PHASE", "make bench-parser")
     options = parser.parse_args(argv)
     if options.phase is None or not (REPO_ROOT / options.phase / "protocol.py").is_file():
         parser.error(f"--phase {options.phase}: no phase of this name with a protocol.py")

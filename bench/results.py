@@ -15,6 +15,7 @@ required one is added. A new field with a default that says what older files mea
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import importlib.metadata
@@ -38,6 +39,28 @@ PEER_PACKAGES = ("aiohttp", "granian", "gunicorn", "httptools", "uvicorn", "uvlo
 
 
 EXPLORATORY_PREFIX = "exploratory-"
+
+
+def add_publishing_options(parser: argparse.ArgumentParser, published: str, make_target: str) -> None:
+    """--publish, --name and --from-results, the options every harness takes: `published` names its
+    published results file (bench/results/PUBLISHED.json), which only --publish writes."""
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"write bench/results/{published}.json and what the docs show of it ({make_target})",
+    )
+    stem = published.split("-", maxsplit=1)[0]
+    parser.add_argument(
+        "--name",
+        default=exploratory_name(),
+        help=f"without --publish: bench/results/{EXPLORATORY_PREFIX}{stem}-NAME.json (default: the time)",
+    )
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print the tables of a results file; with --publish, rewrite the docs' from it",
+    )
 
 
 def exploratory_name() -> str:

@@ -43,7 +43,7 @@ import werkzeug.exceptions
 import werkzeug.routing
 
 from bench.report import markdown_table
-from bench.results import document, exploratory_name, read_document, result_file_name, write_document
+from bench.results import add_publishing_options, document, read_document, result_file_name, write_document
 from tools.phases import REPO_ROOT, newest_phase_with
 
 PUBLISHED_NAME = "router_micro"  # bench/results/router_micro.json: the results the docs show
@@ -313,16 +313,6 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=newest.name if newest else None,
         help="the phase whose router.py to measure (default: the newest phase with one, %(default)s)",
     )
-    parser.add_argument(
-        "--publish",
-        action="store_true",
-        help=f"write bench/results/{PUBLISHED_NAME}.json, the docs' table and chart (make bench-router)",
-    )
-    parser.add_argument(
-        "--name",
-        default=exploratory_name(),
-        help=f"without --publish: bench/results/exploratory-{PUBLISHED_NAME}-NAME.json (default: the time)",
-    )
     parser.add_argument("--repeats", type=int, default=REPEATS, help="timeit repeats (default: %(default)s)")
     parser.add_argument(
         "--target-seconds",
@@ -330,12 +320,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=TARGET_SECONDS,
         help="seconds per repeat (default: %(default)s; a smaller value for a quick, noisy look)",
     )
-    parser.add_argument(
-        "--from-results",
-        type=Path,
-        metavar="JSON",
-        help="measure nothing: print the table of a results file; with --publish, rewrite the docs' from it",
-    )
+    add_publishing_options(parser, PUBLISHED_NAME, "make bench-router")
     options = parser.parse_args(argv)
     if options.phase is None or not (REPO_ROOT / options.phase / "router.py").is_file():
         parser.error(f"--phase {options.phase}: no phase of this name with a router.py")

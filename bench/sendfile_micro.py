@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import EN_DASH, markdown_table
-from bench.results import document, exploratory_name, read_document, result_file_name, write_document
+from bench.results import add_publishing_options, document, read_document, result_file_name, write_document
 from tools.phases import HOST, REPO_ROOT
 
 PUBLISHED_NAME = "sendfile_micro"  # bench/results/sendfile_micro.json: the results the docs show
@@ -243,22 +243,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--sender-cpu", type=int, default=1, help="the sender's CPU (default: %(default)s)")
     parser.add_argument("--reader-cpu", type=int, default=0, help="the reader's CPU (default: %(default)s)")
-    parser.add_argument(
-        "--publish",
-        action="store_true",
-        help=f"write bench/results/{PUBLISHED_NAME}.json and the docs' table (make bench-sendfile)",
-    )
-    parser.add_argument(
-        "--name",
-        default=exploratory_name(),
-        help=f"without --publish: bench/results/exploratory-{PUBLISHED_NAME}-NAME.json (default: the time)",
-    )
-    parser.add_argument(
-        "--from-results",
-        type=Path,
-        metavar="JSON",
-        help="measure nothing: print the table of a results file; with --publish, rewrite the docs' from it",
-    )
+    add_publishing_options(parser, PUBLISHED_NAME, "make bench-sendfile")
     options = parser.parse_args(argv)
     usable = os.sched_getaffinity(0)
     for role in ("sender", "reader"):
