@@ -93,6 +93,7 @@ class Application:
 
 
 def render(request: Request, response: Response) -> bytes | FileReply:
+    """A handler's response -> the bytes to send, or the head and the file range the server sends after it."""
     body = response.body
     if isinstance(body, bytes):
         return render_response(
