@@ -118,8 +118,8 @@ FIELD_LINE_PATTERN = re.compile(FIELD_LINE)
 TOKEN_PATTERN = re.compile(TOKEN)
 # RFC 9110 §7.2:  Host = uri-host [ ":" port ]  (uri-host: an IP-literal in brackets, or a reg-name of
 # unreserved / pct-encoded / sub-delims characters; an IPv4 address is a reg-name too. The regex checks the
-# characters; `valid_host` then checks that an IP-literal is an address, since it is the one part a URL
-# library will refuse to parse later.)
+# characters; `valid_host` then checks that an IP-literal is an address: "[zz]" has the right characters and
+# names nothing, and "http://[/" once crashed a URL parser the application called.)
 HOST = re.compile(r"(?:\[([0-9A-Za-z:.\-_~!$&'()*+,;=]++)\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*+)(?::[0-9]*+)?")
 # RFC 3986 §3.2.2:  IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )
 IP_FUTURE = re.compile(r"[vV][0-9A-Fa-f]++\.[0-9A-Za-z\-._~!$&'()*+,;=:]++")
