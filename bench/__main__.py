@@ -31,6 +31,7 @@ from pathlib import Path
 from bench import charts, cpu, idle, report, targets, wrk
 from bench.progress import Progress
 from bench.results import (
+    EXPLORATORY_PREFIX,
     IdleMemory,
     Measurement,
     Results,
@@ -38,7 +39,7 @@ from bench.results import (
     ScenarioInfo,
     Settings,
     TargetInfo,
-    exploratory_name,
+    add_publishing_options,
     load,
     machine_facts,
     now,
@@ -119,26 +120,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-cpus", default="1", help="CPUs for the server and its children (default 1)")
     parser.add_argument("--client-cpus", default="0", help="CPUs for wrk and this harness (default 0)")
     parser.add_argument(
-        "--publish",
-        action="store_true",
-        help=f"write bench/results/{PUBLISHED_NAME}.json and redraw the docs' tables and charts (make bench)",
-    )
-    parser.add_argument(
-        "--name",
-        default=exploratory_name(),
-        help="without --publish: write bench/results/exploratory-NAME.json (default: the UTC time)",
-    )
-    parser.add_argument(
         "--quick",
         action="store_true",
         help="a look, not a measurement: 1 run of 1 s, no warm-up, 1,000 idle connections; never published",
     )
-    parser.add_argument(
-        "--from-results",
-        type=Path,
-        metavar="JSON",
-        help="measure nothing: print the summary of a results file; with --publish, redraw the docs from it",
-    )
+    add_publishing_options(parser, PUBLISHED_NAME, "make bench", exploratory=f"{EXPLORATORY_PREFIX}NAME")
     parser.add_argument(
         "--output-root",
         type=Path,

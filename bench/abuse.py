@@ -30,10 +30,10 @@ from bench.report import markdown_table
 from bench.results import (
     add_publishing_options,
     document,
+    harness_command,
     now,
     read_document,
-    result_file_name,
-    write_document,
+    save_and_publish,
 )
 from tools.phases import REPO_ROOT, PhaseProcess
 
@@ -253,46 +253,28 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_arguments(argv)
-    if options.from_results is not None:
-        contents = read_document(options.from_results, PUBLISHED_NAME)
-        return write_outputs(contents, str(options.from_results), publish=options.publish)
-    name = result_file_name(PUBLISHED_NAME, f"{PUBLISHED_NAME}-{options.name}", publish=options.publish)
-    results_path = REPO_ROOT / "bench" / "results" / f"{name}.json"
-    labels = read_document(results_path, PUBLISHED_NAME)["labels"] if results_path.exists() else {}
-    phase_dir = options.phase_dir.resolve()
-    command = [sys.executable, "-m", "bench.abuse", *(sys.argv[1:] if argv is None else argv)]
-    created = now()
-    figures: Figures = {}
-    for measure in MEASUREMENTS:
-        print(f"{options.label}: {measure.__name__} ...", flush=True)
-        figures.update(measure(phase_dir))
-    labels[options.label] = {
-        "created": created,
-        "command": command,
-        "phase_dir": str(phase_dir),
-        "figures": figures,
-    }
-    contents = document(
-        PUBLISHED_NAME,
-        PUBLISHED_NAME,
-        command,
-        {},
-        {"measurements": [measure.__name__ for measure in MEASUREMENTS]},
-        labels=labels,
+
+    def measure(results_file: Path) -> dict[str, Any]:
+        labels = read_document(results_file, PUBLISHED_NAME)["labels"] if results_file.exists() else {}
+        phase_dir = options.phase_dir.resolve()
+        command = harness_command("bench.abuse", argv)
+        created = now()
+        figures: Figures = {}
+        for attack in MEASUREMENTS:
+            print(f"{options.label}: {attack.__name__} ...", flush=True)
+            figures.update(attack(phase_dir))
+        labels[options.label] = {
+            "created": created,
+            "command": command,
+            "phase_dir": str(phase_dir),
+            "figures": figures,
+        }
+        settings = {"measurements": [attack.__name__ for attack in MEASUREMENTS]}
+        return document(PUBLISHED_NAME, PUBLISHED_NAME, command, {}, settings, labels=labels)
+
+    return save_and_publish(
+        options, PUBLISHED_NAME, measure, lambda contents, source: {TABLE: markdown(contents, source)}
     )
-    write_document(contents, results_path)
-    print(f"wrote {results_path}")
-    return write_outputs(contents, str(results_path.relative_to(REPO_ROOT)), publish=options.publish)
-
-
-def write_outputs(contents: dict[str, Any], source: str, *, publish: bool) -> int:
-    table = markdown(contents, source)
-    print(table)
-    if publish:
-        TABLE.parent.mkdir(parents=True, exist_ok=True)
-        TABLE.write_text(table)
-        print(f"wrote {TABLE}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -44,13 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import cpu, report
-from bench.results import add_publishing_options, document, read_document, result_file_name, write_document
+from bench.results import add_publishing_options, document, harness_command, save_and_publish
 from tools.phases import REPO_ROOT, PhaseProcess, phase_command, raise_open_file_limit
 from tools.phases import pinned as pinned_to
 
 PUBLISHED_NAME = "echo"  # bench/results/echo.json: the results the chapters' tables are drawn from
 DOCS_DIR = REPO_ROOT / "docs" / "generated" / "echo"
-PROGRAM = [sys.executable, "-m", "bench.echo"]
 SERVER_CPU = 1
 CLIENT_CPU = 0
 STARTUP_TIMEOUT = 10.0
@@ -424,23 +423,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.from_results is not None:
-        contents = read_document(args.from_results, "echo")
-    else:
-        contents = measure_everything(args, [*PROGRAM, *(sys.argv[1:] if argv is None else argv)])
-        name = result_file_name(PUBLISHED_NAME, f"{PUBLISHED_NAME}-{args.name}", publish=args.publish)
-        results_path = REPO_ROOT / "bench" / "results" / f"{name}.json"
-        write_document(contents, results_path)
-        print(f"wrote {results_path}")
-    tables = report.echo_markdown(contents)
-    if not args.publish:
-        print("\n\n".join(tables.values()))
-        return 0
-    DOCS_DIR.mkdir(parents=True, exist_ok=True)
-    for file_name, text in tables.items():
-        (DOCS_DIR / file_name).write_text(text, encoding="utf-8")
-        print(f"wrote {DOCS_DIR / file_name}")
-    return 0
+
+    def pages(contents: dict[str, Any], source: str) -> dict[Path, str]:
+        return {DOCS_DIR / name: text for name, text in report.echo_markdown(contents).items()}
+
+    command = harness_command("bench.echo", argv)
+    return save_and_publish(args, PUBLISHED_NAME, lambda _: measure_everything(args, command), pages)
 
 
 def measure_everything(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:

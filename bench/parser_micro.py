@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import platform
 import re
-import statistics
 import sys
 import time
-import timeit
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -35,22 +31,11 @@ from typing import Any
 import h11
 
 from bench import report
-from bench.results import add_publishing_options, document, read_document, result_file_name, write_document
-from tools.phases import REPO_ROOT, newest_phase_with
+from bench.micro import REPEATS, TARGET_SECONDS, add_phase_option, seconds_per_call
+from bench.results import add_publishing_options, document, harness_command, save_and_publish
+from tools.phases import REPO_ROOT
 
 PUBLISHED_NAME = "parser_micro"  # bench/results/parser_micro-PHASE.json: the results a chapter shows
-
-
-def published_name(phase: str) -> str:
-    return f"{PUBLISHED_NAME}-{phase}"
-
-
-def table_path(phase: str) -> Path:
-    return REPO_ROOT / "docs" / "generated" / f"{published_name(phase)}.md"
-
-
-REPEATS = 7
-TARGET_SECONDS = 0.2  # per repeat: long enough for timer resolution, short enough for a quick run
 
 SIMPLE_GET = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n"
 BROWSER_GET = (
@@ -95,14 +80,6 @@ def load_protocol(phase: str) -> None:
     sys.path.insert(0, str(REPO_ROOT))
     protocol = importlib.import_module(f"{phase}.protocol")
     HEAD_BYTES = re.compile(protocol.REQUEST_HEAD.pattern.encode("latin-1"))
-
-
-def seconds_per_call(function: Callable[[], object]) -> float:
-    """The median over REPEATS of the time of one call, each repeat running about TARGET_SECONDS."""
-    timer = timeit.Timer(function)
-    number, elapsed = timer.autorange()
-    number = max(1, int(number * TARGET_SECONDS / elapsed))
-    return statistics.median(timer.repeat(repeat=REPEATS, number=number)) / number
 
 
 def allocations(function: Callable[[], object], calls: int = 1000) -> dict[str, float]:
@@ -370,54 +347,26 @@ def run() -> dict[str, Any]:
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    newest = newest_phase_with(REPO_ROOT, "protocol.py")
     parser = argparse.ArgumentParser(prog="python -m bench.parser_micro", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--phase",
-        default=newest.name if newest else None,
-        help="the phase whose protocol.py to measure (default: the newest phase with one, %(default)s)",
-    )
+    add_phase_option(parser, "protocol.py")
     add_publishing_options(parser, f"{PUBLISHED_NAME}-PHASE", "make bench-parser")
-    options = parser.parse_args(argv)
-    if options.phase is None or not (REPO_ROOT / options.phase / "protocol.py").is_file():
-        parser.error(f"--phase {options.phase}: no phase of this name with a protocol.py")
-    return options
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_arguments(argv)
-    if options.from_results is not None:
-        return write_table(read_document(options.from_results, "parser_micro"), publish=options.publish)
-    load_protocol(options.phase)
-    contents = document(
-        "parser_micro",
-        published_name(options.phase),
-        [sys.executable, "-m", "bench.parser_micro", *(sys.argv[1:] if argv is None else argv)],
-        {
-            "python_implementation": platform.python_implementation(),
-            "cpu_affinity": sorted(os.sched_getaffinity(0)),
-        },
-        {"phase": options.phase, "repeats": REPEATS, "target_seconds": TARGET_SECONDS},
-        **run(),
-    )
-    name = result_file_name(
-        published_name(options.phase), f"{PUBLISHED_NAME}-{options.name}", publish=options.publish
-    )
-    results_path = REPO_ROOT / "bench" / "results" / f"{name}.json"
-    write_document(contents, results_path)
-    print(f"wrote {results_path}")
-    return write_table(contents, publish=options.publish)
 
+    def measure(results_file: Path) -> dict[str, Any]:
+        load_protocol(options.phase)
+        settings = {"phase": options.phase, "repeats": REPEATS, "target_seconds": TARGET_SECONDS}
+        command = harness_command("bench.parser_micro", argv)
+        return document(PUBLISHED_NAME, f"{PUBLISHED_NAME}-{options.phase}", command, {}, settings, **run())
 
-def write_table(contents: dict[str, Any], *, publish: bool) -> int:
-    table = report.parser_micro_markdown(contents)
-    print(table)
-    if publish:
-        table_file = table_path(contents["settings"]["phase"])
-        table_file.parent.mkdir(parents=True, exist_ok=True)
-        table_file.write_text(table)
-        print(f"wrote {table_file}")
-    return 0
+    def pages(contents: dict[str, Any], source: str) -> dict[Path, str]:
+        published = f"{PUBLISHED_NAME}-{contents['settings']['phase']}"  # one table per phase
+        return {REPO_ROOT / "docs" / "generated" / f"{published}.md": report.parser_micro_markdown(contents)}
+
+    return save_and_publish(options, f"{PUBLISHED_NAME}-{options.phase}", measure, pages)
 
 
 if __name__ == "__main__":

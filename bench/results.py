@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tools.phases import REPO_ROOT
+
 # 2: every harness writes the same envelope (harness, name, created, command, machine, settings).
 SCHEMA_VERSION = 2
 # A run during which other processes used more than this share of a core is noisy: the bench repeats it.
@@ -39,39 +41,82 @@ PEER_PACKAGES = ("aiohttp", "granian", "gunicorn", "httptools", "uvicorn", "uvlo
 
 
 EXPLORATORY_PREFIX = "exploratory-"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 
-def add_publishing_options(parser: argparse.ArgumentParser, published: str, make_target: str) -> None:
+def add_publishing_options(
+    parser: argparse.ArgumentParser, published: str, make_target: str, exploratory: str | None = None
+) -> None:
     """--publish, --name and --from-results, the options every harness takes: `published` names its
-    published results file (bench/results/PUBLISHED.json), which only --publish writes."""
+    published results file (bench/results/PUBLISHED.json), which only --publish writes; any other run writes
+    `exploratory` (default: exploratory-HARNESS-NAME, HARNESS the part of `published` before any dash)."""
+    stem = published.split("-", maxsplit=1)[0]
     parser.add_argument(
         "--publish",
         action="store_true",
         help=f"write bench/results/{published}.json and what the docs show of it ({make_target})",
     )
-    stem = published.split("-", maxsplit=1)[0]
     parser.add_argument(
         "--name",
-        default=exploratory_name(),
-        help=f"without --publish: bench/results/{EXPLORATORY_PREFIX}{stem}-NAME.json (default: the time)",
+        default=datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S"),  # runs never overwrite
+        help=f"without --publish: bench/results/{exploratory or f'{EXPLORATORY_PREFIX}{stem}-NAME'}.json"
+        " (default: the UTC time)",
     )
     parser.add_argument(
         "--from-results",
         type=Path,
         metavar="JSON",
-        help="measure nothing: print the tables of a results file; with --publish, rewrite the docs' from it",
+        help="measure nothing: print what a results file shows; with --publish, rewrite the docs from it",
     )
-
-
-def exploratory_name() -> str:
-    """A name for an exploratory run's results: the UTC time, so runs never overwrite each other."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
 
 
 def result_file_name(published_name: str, name: str, *, publish: bool) -> str:
     """The stem of a harness's results file under bench/results/: the published one, which the docs are drawn
     from, only when asked to publish; `exploratory-NAME` otherwise, a name no published file has."""
     return published_name if publish else EXPLORATORY_PREFIX + name
+
+
+def shown(path: Path, root: Path = REPO_ROOT) -> str:
+    """A results file as the generated pages name it: relative to the repository when it is inside."""
+    resolved, root = path.resolve(), root.resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
+
+
+def harness_command(module: str, argv: list[str] | None) -> list[str]:
+    """How a harness was invoked, for its results file: `python -m MODULE ARGUMENTS`."""
+    return [sys.executable, "-m", module, *(sys.argv[1:] if argv is None else argv)]
+
+
+def save_and_publish(
+    options: argparse.Namespace,
+    published: str,
+    measure: Callable[[Path], dict[str, Any]],
+    pages: Callable[[dict[str, Any], str], dict[Path, str]],
+    draw: Callable[[dict[str, Any]], list[Path]] | None = None,
+) -> int:
+    """The tail every harness but the HTTP bench shares. With --from-results, read that file; otherwise
+    `measure` (given the results file it will go to) and write the file. Then print the generated markdown
+    `pages` (given the contents and the file they come from), and with --publish write them into docs/ and
+    `draw` the charts."""
+    harness = published.split("-", maxsplit=1)[0]
+    if options.from_results is not None:
+        source = options.from_results
+        contents = read_document(source, harness)
+    else:
+        name = result_file_name(published, f"{harness}-{options.name}", publish=options.publish)
+        source = RESULTS_DIR / f"{name}.json"
+        contents = measure(source)
+        write_document(contents, source)
+        print(f"wrote {source}")
+    texts = pages(contents, shown(source))
+    print("\n\n".join(texts.values()))
+    if options.publish:
+        for path, text in texts.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        written = [*texts, *(draw(contents) if draw else [])]
+        print("\n".join(f"wrote {path}" for path in written))
+    return 0
 
 
 class SchemaError(ValueError):
@@ -389,7 +434,7 @@ def package_versions(names: tuple[str, ...] = PEER_PACKAGES) -> dict[str, str | 
 
 
 def host_facts() -> dict[str, Any]:
-    """The machine every benchmark reports: CPU model, CPU count, kernel, Python version."""
+    """The machine every benchmark reports: CPU model, CPU count, kernel, Python, the CPUs the harness has."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -399,6 +444,8 @@ def host_facts() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
     }
 
 
@@ -411,7 +458,6 @@ def machine_facts(nginx: str | None, hyper_lock: Path | None) -> dict[str, Any]:
     return {
         **host_facts(),
         "os": _os_name(),
-        "python_implementation": platform.python_implementation(),
         "python_executable": sys.executable,
         "packages": package_versions(),
         "wrk": (_first_line(["wrk", "--version"]) or "").partition(" Copyright")[0] or None,

@@ -23,12 +23,8 @@ import argparse
 import functools
 import importlib
 import importlib.metadata
-import os
-import platform
 import re
-import statistics
 import sys
-import timeit
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -42,15 +38,14 @@ import matplotlib.pyplot as plt
 import werkzeug.exceptions
 import werkzeug.routing
 
+from bench.micro import REPEATS, TARGET_SECONDS, add_phase_option, seconds_per_call
 from bench.report import markdown_table
-from bench.results import add_publishing_options, document, read_document, result_file_name, write_document
-from tools.phases import REPO_ROOT, newest_phase_with
+from bench.results import add_publishing_options, document, harness_command, save_and_publish
+from tools.phases import REPO_ROOT
 
 PUBLISHED_NAME = "router_micro"  # bench/results/router_micro.json: the results the docs show
 TABLE = REPO_ROOT / "docs" / "generated" / "router_micro.md"
 CHART = REPO_ROOT / "docs" / "assets" / "router_micro.svg"
-REPEATS = 7
-TARGET_SECONDS = 0.2  # per repeat: long enough for timer resolution, short enough for a quick run
 ROUTE_COUNTS = (10, 100, 1000)
 SAMPLES = 10  # hits and misses looked up per timed call, spread evenly over the table
 ROUTERS = ("trie (ours)", "dict of exact paths", "regex list (Starlette, Django)", "werkzeug Map (Flask)")
@@ -170,14 +165,6 @@ def werkzeug_router(table: str, count: int) -> tuple[Lookup, Callable[[object], 
 # ------------------------------------------------------------------------------------------------ timing
 
 
-def seconds_per_call(function: Callable[[], object], repeats: int, target_seconds: float) -> float:
-    """The median over `repeats` of the time of one call, each repeat running about `target_seconds`."""
-    timer = timeit.Timer(function)
-    number, elapsed = timer.autorange()
-    number = max(1, int(number * target_seconds / elapsed))
-    return statistics.median(timer.repeat(repeat=repeats, number=number)) / number
-
-
 def ns_per_lookup(lookup: Lookup, paths: list[str], repeats: int, target_seconds: float) -> float:
     def look_up_all() -> None:
         for path in paths:
@@ -265,7 +252,7 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(results: dict[str, Any], path: Path) -> None:
+def chart(results: dict[str, Any]) -> list[Path]:
     """docs/assets/router_micro.svg: ns per lookup against the number of routes, log-log, one panel per
     kind of route table; hits solid, misses dashed."""
     colours = dict(zip(ROUTERS, ("#d9534f", "#5cb85c", "#6c8ebf", "#f0ad4e"), strict=True))
@@ -297,22 +284,18 @@ def chart(results: dict[str, Any], path: Path) -> None:
     handles, labels = panels[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     figure.tight_layout(rect=(0, 0.12, 1, 1))  # room below the panels for the legend
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, metadata={"Date": None})
+    CHART.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(CHART, metadata={"Date": None})
     plt.close(figure)
+    return [CHART]
 
 
 # ---------------------------------------------------------------------------------------------- command
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    newest = newest_phase_with(REPO_ROOT, "router.py")
     parser = argparse.ArgumentParser(prog="python -m bench.router_micro", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--phase",
-        default=newest.name if newest else None,
-        help="the phase whose router.py to measure (default: the newest phase with one, %(default)s)",
-    )
+    add_phase_option(parser, "router.py")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="timeit repeats (default: %(default)s)")
     parser.add_argument(
         "--target-seconds",
@@ -321,51 +304,29 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="seconds per repeat (default: %(default)s; a smaller value for a quick, noisy look)",
     )
     add_publishing_options(parser, PUBLISHED_NAME, "make bench-router")
-    options = parser.parse_args(argv)
-    if options.phase is None or not (REPO_ROOT / options.phase / "router.py").is_file():
-        parser.error(f"--phase {options.phase}: no phase of this name with a router.py")
-    return options
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_arguments(argv)
-    if options.from_results is not None:
-        return write_outputs(read_document(options.from_results, PUBLISHED_NAME), publish=options.publish)
-    sys.path.insert(0, str(REPO_ROOT))
-    router = importlib.import_module(f"{options.phase}.router")
-    contents = document(
-        PUBLISHED_NAME,
-        PUBLISHED_NAME,
-        [sys.executable, "-m", "bench.router_micro", *(sys.argv[1:] if argv is None else argv)],
-        {
-            "python_implementation": platform.python_implementation(),
-            "cpu_affinity": sorted(os.sched_getaffinity(0)),
-            "werkzeug": importlib.metadata.version("werkzeug"),
-        },
-        {
-            "phase": options.phase,
-            "repeats": options.repeats,
-            "target_seconds": options.target_seconds,
-            "samples_per_call": SAMPLES,
-        },
-        **run(router, options.repeats, options.target_seconds),
+
+    def measure(results_file: Path) -> dict[str, Any]:
+        sys.path.insert(0, str(REPO_ROOT))
+        router = importlib.import_module(f"{options.phase}.router")
+        settings = dict(
+            phase=options.phase,
+            repeats=options.repeats,
+            target_seconds=options.target_seconds,
+            samples_per_call=SAMPLES,
+        )
+        figures = run(router, options.repeats, options.target_seconds)
+        command = harness_command("bench.router_micro", argv)
+        machine = {"werkzeug": importlib.metadata.version("werkzeug")}
+        return document(PUBLISHED_NAME, PUBLISHED_NAME, command, machine, settings, **figures)
+
+    return save_and_publish(
+        options, PUBLISHED_NAME, measure, lambda contents, _: {TABLE: markdown(contents)}, chart
     )
-    name = result_file_name(PUBLISHED_NAME, f"{PUBLISHED_NAME}-{options.name}", publish=options.publish)
-    results_path = REPO_ROOT / "bench" / "results" / f"{name}.json"
-    write_document(contents, results_path)
-    print(f"wrote {results_path}")
-    return write_outputs(contents, publish=options.publish)
-
-
-def write_outputs(contents: dict[str, Any], *, publish: bool) -> int:
-    table = markdown(contents)
-    print(table)
-    if publish:
-        TABLE.parent.mkdir(parents=True, exist_ok=True)
-        TABLE.write_text(table)
-        chart(contents, CHART)
-        print(f"wrote {TABLE}\nwrote {CHART}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import EN_DASH, markdown_table
-from bench.results import add_publishing_options, document, read_document, result_file_name, write_document
+from bench.results import add_publishing_options, document, harness_command, save_and_publish
 from tools.phases import HOST, REPO_ROOT
 
 PUBLISHED_NAME = "sendfile_micro"  # bench/results/sendfile_micro.json: the results the docs show
@@ -218,16 +217,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(contents: dict[str, Any], *, publish: bool) -> int:
-    table = markdown(contents)
-    print(table)
-    if publish:
-        TABLE.parent.mkdir(parents=True, exist_ok=True)
-        TABLE.write_text(table)
-        print(f"wrote {TABLE}")
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------- command
 
 
@@ -241,42 +230,31 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeats", type=int, default=REPEATS, help="repeats per method (default: %(default)s)"
     )
-    parser.add_argument("--sender-cpu", type=int, default=1, help="the sender's CPU (default: %(default)s)")
-    parser.add_argument("--reader-cpu", type=int, default=0, help="the reader's CPU (default: %(default)s)")
+    cpus = sorted(os.sched_getaffinity(0))
+    for role, cpu in (("sender", 1), ("reader", 0)):
+        parser.add_argument(
+            f"--{role}-cpu", type=int, default=cpu, choices=cpus, help=f"the {role}'s CPU (default: {cpu})"
+        )
     add_publishing_options(parser, PUBLISHED_NAME, "make bench-sendfile")
-    options = parser.parse_args(argv)
-    usable = os.sched_getaffinity(0)
-    for role in ("sender", "reader"):
-        if getattr(options, f"{role}_cpu") not in usable:
-            parser.error(
-                f"--{role}-cpu {getattr(options, f'{role}_cpu')}: this machine offers CPUs {sorted(usable)}"
-            )
-    return options
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_arguments(argv)
-    if options.from_results is not None:
-        return write_outputs(read_document(options.from_results, PUBLISHED_NAME), publish=options.publish)
-    contents = document(
-        PUBLISHED_NAME,
-        PUBLISHED_NAME,
-        [sys.executable, "-m", "bench.sendfile_micro", *(sys.argv[1:] if argv is None else argv)],
-        {"python_implementation": platform.python_implementation()},
-        {
-            "files": options.files,
-            "repeats": options.repeats,
-            "file_bytes": FILE_BYTES,
-            "sender_cpu": options.sender_cpu,
-            "reader_cpu": options.reader_cpu,
-        },
-        methods=run(options.files, options.repeats, options.sender_cpu, options.reader_cpu),
-    )
-    name = result_file_name(PUBLISHED_NAME, f"{PUBLISHED_NAME}-{options.name}", publish=options.publish)
-    results_path = REPO_ROOT / "bench" / "results" / f"{name}.json"
-    write_document(contents, results_path)
-    print(f"wrote {results_path}")
-    return write_outputs(contents, publish=options.publish)
+
+    def measure(results_file: Path) -> dict[str, Any]:
+        settings = dict(
+            files=options.files,
+            repeats=options.repeats,
+            file_bytes=FILE_BYTES,
+            sender_cpu=options.sender_cpu,
+            reader_cpu=options.reader_cpu,
+        )
+        methods = run(options.files, options.repeats, options.sender_cpu, options.reader_cpu)
+        command = harness_command("bench.sendfile_micro", argv)
+        return document(PUBLISHED_NAME, PUBLISHED_NAME, command, {}, settings, methods=methods)
+
+    return save_and_publish(options, PUBLISHED_NAME, measure, lambda contents, _: {TABLE: markdown(contents)})
 
 
 if __name__ == "__main__":
