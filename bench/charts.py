@@ -56,8 +56,7 @@ matplotlib.rcParams.update(
 
 
 def _colour(results: Results, target: str) -> str:
-    kind = next((info.kind for info in results.targets if info.name == target), "peer")
-    return PHASE_COLOUR if kind == "phase" else PEER_COLOUR
+    return PHASE_COLOUR if results.is_phase(target) else PEER_COLOUR
 
 
 def _sentence(title: str) -> str:

@@ -80,8 +80,7 @@ def error_summary(measurement: Measurement) -> str:
 
 
 def _label(results: Results, target: str) -> str:
-    kind = next((info.kind for info in results.targets if info.name == target), "peer")
-    return f"**{target}**" if kind == "phase" else target
+    return f"**{target}**" if results.is_phase(target) else target
 
 
 def _throughput_key(measurement: Measurement) -> float:
@@ -97,52 +96,43 @@ def markdown_table(header: list[str], rows: list[list[str]], align: list[str]) -
     return lines
 
 
-def _table(rows: list[list[str]], header: list[str], numeric_from: int = 1) -> list[str]:
-    """Columns from `numeric_from` on are right-aligned, as numbers should be."""
-    return markdown_table(header, rows, ["---" if n < numeric_from else "--:" for n in range(len(header))])
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    """The first column left-aligned, the others right-aligned, as numbers should be."""
+    return markdown_table(header, rows, ["---", *["--:"] * (len(header) - 1)])
 
 
-def _failed_row(results: Results, measurement: Measurement, columns: int) -> list[str]:
-    return [_label(results, measurement.target), f"failed: {_one_line(measurement.failure or '')}"] + [""] * (
-        columns - 2
-    )
+Column = Callable[[Measurement], str]
+THROUGHPUT_COLUMNS: dict[str, Column] = {
+    "req/s": lambda m: with_range(m.spread("requests_per_s"), si),
+    "req per server CPU-second": lambda m: with_range(m.spread("requests_per_server_cpu_s"), si),
+    "server CPU per req": lambda m: median_only(
+        m.spread("server_cpu_us_per_request"), lambda v: f"{v:.1f} µs"
+    ),
+    "server CPU": lambda m: median_only(m.spread("server_cpu_share"), percent),
+    "wrk CPU": lambda m: median_only(m.spread("client_cpu_share"), percent),
+}
+LATENCY_COLUMNS: dict[str, Column] = {
+    "p50": lambda m: median_only(m.spread("p50_us"), microseconds),
+    "p99": lambda m: median_only(m.spread("p99_us"), microseconds),
+    "p99.9": lambda m: median_only(m.spread("p99.9_us"), microseconds),
+}
+RESOURCE_COLUMNS: dict[str, Column] = {
+    "errors (mean per run)": error_summary,
+    "peak RSS": lambda m: "—" if m.peak_rss_bytes is None else mebibytes(m.peak_rss_bytes),
+}
 
 
-def throughput_table(results: Results, measured: list[Measurement]) -> list[str]:
-    """How much a server did, and at what CPU cost: req/s, then what each request cost the server's CPU."""
-    header = ["server", "req/s", "req per server CPU-second", "server CPU per req", "server CPU", "wrk CPU"]
+def measurement_table(results: Results, measured: list[Measurement], columns: dict[str, Column]) -> list[str]:
+    """A row per measurement, a column per figure; a measurement that failed before any run says why."""
     rows = []
     for m in measured:
         if m.failure is not None and not m.runs:
-            rows.append(_failed_row(results, m, len(header)))
-            continue
-        rows.append(
-            [
-                _label(results, m.target) + (NOISY_MARK if m.noisy else ""),
-                with_range(m.spread("requests_per_s"), si),
-                with_range(m.spread("requests_per_server_cpu_s"), si),
-                median_only(m.spread("server_cpu_us_per_request"), lambda v: f"{v:.1f} µs"),
-                median_only(m.spread("server_cpu_share"), percent),
-                median_only(m.spread("client_cpu_share"), percent),
-            ]
-        )
-    return _table(rows, header)
-
-
-def latency_table(results: Results, measured: list[Measurement], *, latency: bool) -> list[str]:
-    """How long a request waited (where wrk's latency means something), what went wrong, and the memory."""
-    header = ["server", *(["p50", "p99", "p99.9"] if latency else []), "errors (mean per run)", "peak RSS"]
-    rows = []
-    for m in measured:
-        if m.failure is not None and not m.runs:
-            rows.append(_failed_row(results, m, len(header)))
-            continue
-        row = [_label(results, m.target) + (NOISY_MARK if m.noisy else "")]
-        if latency:
-            row += [median_only(m.spread(f"{p}_us"), microseconds) for p in ("p50", "p99", "p99.9")]
-        row += [error_summary(m), "—" if m.peak_rss_bytes is None else mebibytes(m.peak_rss_bytes)]
-        rows.append(row)
-    return _table(rows, header)
+            failed = f"failed: {_one_line(m.failure)}"
+            rows.append([_label(results, m.target), failed, *[""] * (len(columns) - 1)])
+        else:
+            name = _label(results, m.target) + (NOISY_MARK if m.noisy else "")
+            rows.append([name, *(column(m) for column in columns.values())])
+    return _table(rows, ["server", *columns])
 
 
 def not_served_note(results: Results, scenario: ScenarioInfo, targets: list[str]) -> list[str]:
@@ -168,9 +158,12 @@ def scenario_tables(results: Results, scenario: ScenarioInfo, targets: list[str]
     measured.sort(key=_throughput_key)
     if not measured:
         return not_served_note(results, scenario, targets)
-    lines = ["**Throughput and CPU**", "", *throughput_table(results, measured), ""]
+    # How much a server did and at what CPU cost; then how long a request waited (where wrk's latency means
+    # something), what went wrong, and the memory.
+    lines = ["**Throughput and CPU**", "", *measurement_table(results, measured, THROUGHPUT_COLUMNS), ""]
+    latency = LATENCY_COLUMNS if scenario.pipeline_depth == 1 else {}
     lines += ["**Latency and resources**", ""]
-    lines += latency_table(results, measured, latency=scenario.pipeline_depth == 1)
+    lines += measurement_table(results, measured, {**latency, **RESOURCE_COLUMNS})
     partial = [m for m in measured if m.failure is not None and m.runs]
     if partial:
         lines.append("")
@@ -443,29 +436,38 @@ def method_note(report: dict[str, Any]) -> str:
 
 
 def cell(report: dict[str, Any], key: str, clients: int) -> dict[str, Any] | None:
-    for result in report["results"]:
-        if result["server"] == key and result["clients"] == clients:
-            found: dict[str, Any] = result
-            return found
-    return None
+    found = (
+        result for result in report["results"] if (result["server"], result["clients"]) == (key, clients)
+    )
+    return next(found, None)
+
+
+def cells(report: dict[str, Any], keys: tuple[str, ...]) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """(clients, server, figures) of every cell measured for the servers `keys`, by client count."""
+    return [
+        (clients, report["servers"][key], found)
+        for clients in report["settings"]["clients"]
+        for key in keys
+        if (found := cell(report, key, clients)) is not None
+    ]
+
+
+def echo_table(header: list[str], rows: list[list[str]]) -> str:
+    """Client count right-aligned, server left-aligned, then numbers."""
+    return "\n".join(markdown_table(header, rows, ["--:", ":--", *["--:"] * (len(header) - 2)]))
 
 
 def phase_table(report: dict[str, Any]) -> str:
-    deadline, servers = report["settings"]["deadline"], report["servers"]
+    deadline = report["settings"]["deadline"]
     header = ["clients", "server", "served", "round trips/s", "round trip p50", "round trip p99"]
     header += ["first echo p50", "first echo p99", "last first echo"]
-    rows = []
-    for clients in report["settings"]["clients"]:
-        for key in ECHO_PHASE_TABLE:
-            if (result := cell(report, key, clients)) is None:
-                continue
-            median = result["median"]
-            rows.append(
-                [str(clients), servers[key]["label"], f"{median['served']:g}/{clients}"]
-                + [rate(median["round_trips_per_second"])]
-                + [duration(median[figure], deadline) for figure in ECHO_LATENCIES]
-            )
-    return "\n".join(markdown_table(header, rows, ["--:", ":--", *["--:"] * 7]))
+    rows = [
+        [str(clients), server["label"], f"{result['median']['served']:g}/{clients}"]
+        + [rate(result["median"]["round_trips_per_second"])]
+        + [duration(result["median"][figure], deadline) for figure in ECHO_LATENCIES]
+        for clients, server, result in cells(report, ECHO_PHASE_TABLE)
+    ]
+    return echo_table(header, rows)
 
 
 def phase_summary(report: dict[str, Any]) -> str:
@@ -485,7 +487,7 @@ def phase_summary(report: dict[str, Any]) -> str:
 
 
 def trigger_table(report: dict[str, Any]) -> str:
-    deadline, servers = report["settings"]["deadline"], report["servers"]
+    deadline = report["settings"]["deadline"]
     header = [
         "clients",
         "trigger",
@@ -495,18 +497,14 @@ def trigger_table(report: dict[str, Any]) -> str:
         "round trip p99",
     ]
     rows = []
-    for clients in report["settings"]["clients"]:
-        for key in ECHO_TRIGGER_TABLE:
-            if (result := cell(report, key, clients)) is None:
-                continue
-            median = result["median"]
-            throughputs = [run["round_trips_per_second"] for run in result["runs"]]
-            rows.append(
-                [str(clients), servers[key]["command"][-1], rate(median["round_trips_per_second"])]
-                + [f"{rate(min(throughputs))} to {rate(max(throughputs))}"]
-                + [duration(median[figure], deadline) for figure in ECHO_LATENCIES[:2]]
-            )
-    return "\n".join(markdown_table(header, rows, ["--:", ":--", *["--:"] * 4]))
+    for clients, server, result in cells(report, ECHO_TRIGGER_TABLE):
+        throughputs = [run["round_trips_per_second"] for run in result["runs"]]
+        rows.append(
+            [str(clients), server["command"][-1], rate(result["median"]["round_trips_per_second"])]
+            + [f"{rate(min(throughputs))} to {rate(max(throughputs))}"]
+            + [duration(result["median"][figure], deadline) for figure in ECHO_LATENCIES[:2]]
+        )
+    return echo_table(header, rows)
 
 
 def trigger_summary(report: dict[str, Any]) -> str:
@@ -549,8 +547,7 @@ def syscall_table(report: dict[str, Any]) -> str:
         f"{method['message_bytes']} bytes per client: {trips_note(method)}. "
         f"{echo_date(report)}; rerun: `make bench-echo`._"
     )
-    table = markdown_table(header, rows, ["--:", ":--", *["--:"] * len(ECHO_SYSCALL_COLUMNS)])
-    return "\n".join(table) + "\n\n" + note + "\n"
+    return echo_table(header, rows) + "\n\n" + note + "\n"
 
 
 def echo_markdown(report: dict[str, Any]) -> dict[str, str]:

@@ -303,6 +303,10 @@ class Results:
         found = (m for m in self.measurements if m.target == target and m.scenario == scenario)
         return next(found, None)
 
+    def is_phase(self, target: str) -> bool:
+        """One of our phases, not a peer (nor a target skipped before it was described)."""
+        return any(info.name == target and info.kind == "phase" for info in self.targets)
+
     def idle_for(self, target: str) -> IdleMemory | None:
         return next((idle for idle in self.idle if idle.target == target), None)
 
