@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-connections",
         type=int,
         default=DEFAULT_MAX_CONNECTIONS,
-        help="stop accepting while this many clients are connected (default: %(default)s)",
+        help="a worker stops accepting while this many clients are connected to it (default: %(default)s)",
     )
     parser.add_argument(
         "--idle-timeout",

@@ -148,8 +148,6 @@ class Supervisor:
             self.listening = True
         while self.workers or not self.stopping:
             self.poll_safely()
-        for listener in self.listeners:
-            listener.close()
         self.log("all workers stopped")
         return 1 if self.failed else 0
 
@@ -304,6 +302,10 @@ class Supervisor:
         self.log(f"{reason}: stopping {len(self.workers)} worker(s), at most {self.shutdown_timeout} s")
         for worker in self.workers.values():
             worker.stop(signal.SIGTERM)
+        # Our descriptors of the listeners go too: once the workers have closed theirs, the kernel refuses
+        # new clients instead of queueing them for nobody.
+        for listener in self.listeners:
+            listener.close()
 
     def rolling_restart(self, reason: str) -> None:
         """Start a new set of workers; on_ready drains the old set once every new worker is ready."""
