@@ -36,14 +36,15 @@ from bench.results import (
     Measurement,
     Results,
     Run,
-    ScenarioInfo,
     Settings,
     TargetInfo,
     add_publishing_options,
+    harness_command,
     load,
     machine_facts,
     now,
     result_file_name,
+    shown,
     write,
 )
 from tools.phases import REPO_ROOT, raise_open_file_limit
@@ -57,26 +58,6 @@ FD_HEADROOM = 1000  # descriptors beyond the idle connections: listening sockets
 DEFAULTS = {"runs": 3, "duration": 5, "warmup": 2, "idle_connections": 10_000}
 QUICK = {"runs": 1, "duration": 1, "warmup": 0, "idle_connections": 1_000}
 # --8<-- [end:defaults]
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where a run writes, under one root (the repository, or a test's temporary directory)."""
-
-    root: Path
-    name: str
-
-    @property
-    def results(self) -> Path:
-        return self.root / "bench" / "results" / f"{self.name}.json"
-
-    @property
-    def charts(self) -> Path:
-        return self.root / "docs" / "assets" / "bench"
-
-    @property
-    def tables(self) -> Path:
-        return self.root / "docs" / "generated" / "bench"
 
 
 def parse_cpus(text: str) -> set[int]:
@@ -256,21 +237,10 @@ def measure_idle(
 # --------------------------------------------------------------------------------------------- outputs
 
 
-def write_docs(results: Results, paths: Paths, source: Path) -> list[Path]:
-    """The published tables and charts, drawn from `results`, read from (or written to) `source`."""
-    source, root = source.resolve(), paths.root.resolve()
-    shown = source.relative_to(root).as_posix() if source.is_relative_to(root) else str(source)
-    tables = report.write_markdown(results, paths.tables, shown)
-    return tables + charts.write_charts(results, paths.charts)
-
-
-def regenerate(options: argparse.Namespace) -> int:
-    results = load(options.from_results)
-    print(report.terminal_summary(results))
-    if options.publish:
-        written = write_docs(results, Paths(options.output_root, PUBLISHED_NAME), options.from_results)
-        print("\nwrote " + ", ".join(str(path) for path in written))
-    return 0
+def write_docs(results: Results, root: Path, source: Path) -> list[Path]:
+    """The published tables and charts under `root`, drawn from `results`, which came from `source`."""
+    tables = report.write_markdown(results, root / "docs" / "generated" / "bench", shown(source, root))
+    return tables + charts.write_charts(results, root / "docs" / "assets" / "bench")
 
 
 class UsageError(Exception):
@@ -400,10 +370,7 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
         settings=settings,
         command=command,
         targets=[TargetInfo(t.name, t.kind, t.description) for t in plan.targets],
-        scenarios=[
-            ScenarioInfo(s.name, s.title, s.connections, s.pipeline_depth, s.close, s.path, s.needs)
-            for s in plan.scenarios
-        ],
+        scenarios=plan.scenarios,
         skipped=plan.skipped,
         measurements=measurements,
         idle=idle_results,
@@ -420,7 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     options = parse_arguments(argv)
     if options.from_results is not None:
-        return regenerate(options)
+        results = load(options.from_results)
+        written = write_docs(results, options.output_root, options.from_results) if options.publish else []
+        return summarize(results, written)
     try:
         chosen = plan(options)
     except UsageError as error:
@@ -436,14 +405,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{' and the memory test' if chosen.with_idle else ''}: about {chosen.minutes} min",
         file=sys.stderr,
     )
-    command = [sys.executable, "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
     name = result_file_name(PUBLISHED_NAME, options.name, publish=options.publish)
-    paths = Paths(options.output_root, name)
-    results = run(chosen, paths.name, command)
-    write(results, paths.results)
-    written = [paths.results, *(write_docs(results, paths, paths.results) if options.publish else [])]
+    results_file = options.output_root / "bench" / "results" / f"{name}.json"
+    results = run(chosen, name, harness_command("bench", argv))
+    write(results, results_file)
+    written = write_docs(results, options.output_root, results_file) if options.publish else []
+    return summarize(results, [results_file, *written])
+
+
+def summarize(results: Results, written: list[Path]) -> int:
     print(report.terminal_summary(results))
-    print("\nwrote " + ", ".join(str(path) for path in written))
+    if written:
+        print("\nwrote " + ", ".join(str(path) for path in written))
     return 0
 
 

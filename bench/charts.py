@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from bench.report import microseconds, si
-from bench.results import Results, ScenarioInfo
+from bench.results import Results
+from bench.wrk import Scenario
 
 PHASE_COLOUR = "#d9534f"
 PEER_COLOUR = "#6c8ebf"
@@ -79,7 +80,7 @@ def wrk_limited(results: Results, target: str, scenario: str) -> bool:
 def _bars(
     axes: Axes,
     results: Results,
-    scenario: ScenarioInfo,
+    scenario: Scenario,
     figure_name: str,
     show: Callable[[float], str],
     *,

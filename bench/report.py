@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.results import NOISY_OTHER_SHARE, IdleMemory, Measurement, Results, ScenarioInfo, Spread
+from bench.results import NOISY_OTHER_SHARE, IdleMemory, Measurement, Results, Spread
+from bench.wrk import Scenario
 
 NOISY_MARK = "\N{DAGGER}"  # after the name of a target whose runs were disturbed by other processes
 EN_DASH = "\N{EN DASH}"  # between the ends of a range, as typeset: 12.0k to 12.5k
@@ -135,7 +136,7 @@ def measurement_table(results: Results, measured: list[Measurement], columns: di
     return _table(rows, ["server", *columns])
 
 
-def not_served_note(results: Results, scenario: ScenarioInfo, targets: list[str]) -> list[str]:
+def not_served_note(results: Results, scenario: Scenario, targets: list[str]) -> list[str]:
     """One sentence naming the targets not measured in a scenario because they do not serve it, and why."""
     by_reason: dict[str, list[str]] = {}
     for name in targets:
@@ -147,7 +148,7 @@ def not_served_note(results: Results, scenario: ScenarioInfo, targets: list[str]
     return [f"Not measured in this scenario, which asks for `GET {scenario.path}`: {groups}."]
 
 
-def scenario_tables(results: Results, scenario: ScenarioInfo, targets: list[str]) -> list[str]:
+def scenario_tables(results: Results, scenario: Scenario, targets: list[str]) -> list[str]:
     """Two tables per scenario, fastest first: throughput and CPU, then latency and resources (eleven
     columns in one table overflow a page); then which targets do not serve the scenario."""
     measured = [

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.wrk import Scenario, WrkResult
 from tools.phases import REPO_ROOT
 
 # 2: every harness writes the same envelope (harness, name, created, command, machine, settings).
@@ -124,14 +125,10 @@ class SchemaError(ValueError):
 
 
 @dataclass(frozen=True)
-class Run:
-    """One timed wrk run against one server: raw figures only."""
+class Run(WrkResult):
+    """One timed wrk run against one server: what wrk reported, and the CPU time read around it; raw figures
+    only."""
 
-    requests: int
-    duration_s: float
-    bytes: int
-    errors: dict[str, int]
-    latency_us: dict[str, float]
     server_cpu_s: float  # user + system of the server's process tree during the run
     client_cpu_s: float  # the same for wrk
     machine_cpu_s: float  # the same for every process on the machine, from /proc/stat
@@ -263,17 +260,6 @@ class TargetInfo:
 
 
 @dataclass(frozen=True)
-class ScenarioInfo:
-    name: str
-    title: str
-    connections: int
-    pipeline_depth: int
-    close: bool
-    path: str = "/"
-    needs: str | None = None  # what a target must serve beyond `GET /` to be measured in it
-
-
-@dataclass(frozen=True)
 class Settings:
     runs: int
     duration_s: int
@@ -291,7 +277,7 @@ class Results:
     settings: Settings
     command: list[str]  # how the harness itself was invoked
     targets: list[TargetInfo]
-    scenarios: list[ScenarioInfo]
+    scenarios: list[Scenario]
     skipped: dict[str, str]  # target name -> why it was not measured
     measurements: list[Measurement]
     idle: list[IdleMemory]
@@ -394,7 +380,7 @@ def from_json(raw: dict[str, Any]) -> Results:
             raw,
             settings=_build(Settings, raw["settings"]),
             targets=[_build(TargetInfo, item) for item in raw["targets"]],
-            scenarios=[_build(ScenarioInfo, item) for item in raw["scenarios"]],
+            scenarios=[_build(Scenario, item) for item in raw["scenarios"]],
             measurements=[
                 _build(
                     Measurement,

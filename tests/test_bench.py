@@ -192,11 +192,7 @@ def _results() -> results.Results:
             results.TargetInfo("phase3_http_parse", "phase", "ours"),
             results.TargetInfo("nginx", "peer", "nginx"),
         ],
-        scenarios=[
-            results.ScenarioInfo(
-                scenario.name, scenario.title, scenario.connections, scenario.pipeline_depth, scenario.close
-            )
-        ],
+        scenarios=[scenario],
         skipped={"hyper": "cargo is not installed"},
         measurements=[
             results.Measurement(
@@ -305,7 +301,7 @@ def _with_a_routed_phase() -> results.Results:
     base = _results()
     keepalive = base.measurements[0]
     dearer = [dataclasses.replace(run, server_cpu_s=run.server_cpu_s * 1.1) for run in keepalive.runs]
-    route = results.ScenarioInfo("route-64", "a route", 64, 1, False, "/users/123", "routing")
+    route = wrk.Scenario("route-64", "a route", 64, 1, False, "/users/123", "routing")
     phase4_keepalive = dataclasses.replace(keepalive, target="phase4_routing", runs=dearer)
     phase4_route = dataclasses.replace(phase4_keepalive, scenario="route-64")
     not_served = [
