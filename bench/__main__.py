@@ -20,13 +20,13 @@ import argparse
 import dataclasses
 import http.client
 import os
-import shutil
 import signal
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from shutil import which
 
 from bench import charts, cpu, idle, report, targets, wrk
 from bench.progress import Progress
@@ -84,20 +84,15 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=",".join([*SCENARIOS_BY_NAME, IDLE]),
         help=f"comma-separated, from: {', '.join([*SCENARIOS_BY_NAME, IDLE])} (default: all)",
     )
-    parser.add_argument("--runs", type=int, help=f"timed runs per scenario (default {DEFAULTS['runs']})")
-    parser.add_argument(
-        "--duration",
-        type=int,
-        help=f"seconds per run, whole seconds for wrk (default {DEFAULTS['duration']})",
-    )
-    parser.add_argument(
-        "--warmup", type=int, help=f"warm-up seconds, 0 for none (default {DEFAULTS['warmup']})"
-    )
-    parser.add_argument(
-        "--idle-connections",
-        type=int,
-        help=f"connections held open by the memory test (default {DEFAULTS['idle_connections']:,})",
-    )
+    for option, what in (
+        ("runs", "timed runs per scenario"),
+        ("duration", "seconds per run, whole seconds for wrk"),
+        ("warmup", "warm-up seconds, 0 for none"),
+        ("idle_connections", "connections held open by the memory test"),
+    ):
+        parser.add_argument(
+            f"--{option.replace('_', '-')}", type=int, help=f"{what} (default {DEFAULTS[option]:,})"
+        )
     parser.add_argument("--server-cpus", default="1", help="CPUs for the server and its children (default 1)")
     parser.add_argument("--client-cpus", default="0", help="CPUs for wrk and this harness (default 0)")
     parser.add_argument(
@@ -121,23 +116,6 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         if getattr(options, key) is None:
             setattr(options, key, value)
     return options
-
-
-def missing_tools() -> list[str]:
-    needed = {"wrk": "apt-get install wrk", "taskset": "apt-get install util-linux"}
-    return [
-        f"{tool} is not installed (Debian: {install})"
-        for tool, install in needed.items()
-        if not shutil.which(tool)
-    ]
-
-
-def check_cpus(server: set[int], client: set[int]) -> str | None:
-    usable = os.sched_getaffinity(0)
-    for role, cpus in (("server", server), ("client", client)):
-        if not cpus <= usable:
-            return f"--{role}-cpus {sorted(cpus)}: this machine offers CPUs {sorted(usable)} only"
-    return None
 
 
 # --------------------------------------------------------------------------------------------- measuring
@@ -279,11 +257,16 @@ class Plan:
 
 def plan(options: argparse.Namespace) -> Plan:
     """Check the machine and the options, and decide what to measure; UsageError if nothing can be."""
-    if problems := missing_tools():
+    needed = {"wrk": "apt-get install wrk", "taskset": "apt-get install util-linux"}
+    if problems := [
+        f"{tool} is not installed (Debian: {how})" for tool, how in needed.items() if not which(tool)
+    ]:
         raise UsageError("cannot run the bench:\n  " + "\n  ".join(problems))
     server_cpus, client_cpus = parse_cpus(options.server_cpus), parse_cpus(options.client_cpus)
-    if (problem := check_cpus(server_cpus, client_cpus)) is not None:
-        raise UsageError(problem)
+    usable = os.sched_getaffinity(0)
+    for role, cpus in (("server", server_cpus), ("client", client_cpus)):
+        if not cpus <= usable:
+            raise UsageError(f"--{role}-cpus {sorted(cpus)}: this machine offers CPUs {sorted(usable)} only")
     if server_cpus & client_cpus:
         print("note: server and client share CPUs; expect noisy, lower numbers", file=sys.stderr)
     known_scenarios = [*SCENARIOS_BY_NAME, IDLE]
