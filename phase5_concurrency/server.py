@@ -54,6 +54,8 @@ DEFAULT_BODY_TIMEOUT = 20.0
 DEFAULT_BODY_MIN_RATE = 500  # bytes per second
 # After SIGTERM or SIGINT, how long requests in flight have to finish before they are cut.
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+# After a stop signal, how long an idle connection has to send one last request before it is closed.
+DRAIN_GRACE = 1.0
 # After an answer that ends the connection, how long we keep draining what the client still sends.
 LINGER_TIMEOUT = 2.0
 # Backpressure: stop reading from a client that has this much of our output still unread...
@@ -626,7 +628,10 @@ class Server:
                 connection.closing = True  # between two requests: close once its answers are sent
                 connection.parser.close()
             else:
-                self.close(connection)  # idle between two requests: nothing is in flight on it
+                # Idle between two requests, or new. Closing it now would fail a request that is on its way
+                # (the client cannot know we are leaving): it has DRAIN_GRACE to send one, answered with
+                # `Connection: close`; the sweep closes it after that.
+                connection.deadline = min(connection.deadline, now + DRAIN_GRACE)
         print(
             f"{reason}: draining {len(self.connections)} connection(s) for at most {self.shutdown_timeout} s",
             file=sys.stderr,

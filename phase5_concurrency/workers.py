@@ -124,7 +124,7 @@ class Supervisor:
         self.listening = False  # every worker of the first set was ready, and we said so
         self.failed = False  # a worker of the first set died before it was ready: exit status 1
         self.stopping = False
-        self.kill_deadline = 0.0
+        self.kill_deadline: float | None = None  # stopping: when the workers still running get SIGKILL
         self.restarting = False
         self.wakeup_reader, self.wakeup_writer = socket.socketpair()
         self.wakeup_reader.setblocking(False)
@@ -166,7 +166,7 @@ class Supervisor:
 
     def poll_once(self) -> None:
         now = time.monotonic()
-        timers = [*self.respawns.values(), *([self.kill_deadline] if self.stopping else [])]
+        timers = [*self.respawns.values(), *([self.kill_deadline] if self.kill_deadline is not None else [])]
         timeout = max(0.0, min(timers) - now) if timers else None
         for fd, _mask in self.epoll.poll(timeout):
             if fd == self.wakeup_reader.fileno():
@@ -178,13 +178,17 @@ class Supervisor:
             if when <= now:
                 del self.respawns[slot]
                 self.start_worker(slot)
-        if self.stopping and now >= self.kill_deadline:
+        if self.kill_deadline is not None and now >= self.kill_deadline:
             self.kill_the_stragglers()
 
     # --8<-- [start:start]
     def start_worker(self, slot: int) -> None:
         listener = self.listeners[slot % len(self.listeners)]
-        read_end, write_end = os.pipe()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as error:  # out of descriptors: try again later, as after a crash
+            self.replace_later(slot, young=True, why=f"worker {slot}: cannot start ({error.strerror})")
+            return
         worker = Worker(slot, self.generation, read_end)
         if self.model == "threads":
             worker.thread = threading.Thread(
@@ -196,12 +200,18 @@ class Supervisor:
             # other descriptor is closed on exec. Its own process group: a Ctrl-C in the terminal reaches the
             # supervisor alone, which decides what the workers do.
             fds = ["--listener-fd", str(listener.fileno()), "--ready-fd", str(write_end)]
-            worker.process = subprocess.Popen(
-                [*self.worker_command, "--worker-of", str(os.getpid()), *fds],
-                pass_fds=(listener.fileno(), write_end),
-                process_group=0,
-            )
-            os.close(write_end)  # the worker holds the only write end: its exit is our end of file
+            try:
+                worker.process = subprocess.Popen(
+                    [*self.worker_command, "--worker-of", str(os.getpid()), *fds],
+                    pass_fds=(listener.fileno(), write_end),
+                    process_group=0,
+                )
+            except OSError as error:  # out of processes or memory: try again later, as after a crash
+                os.close(read_end)
+                self.replace_later(slot, young=True, why=f"worker {slot}: cannot start ({error.strerror})")
+                return
+            finally:
+                os.close(write_end)  # the worker holds the only write end: its exit is our end of file
         self.workers[read_end] = worker
         self.epoll.register(read_end, select.EPOLLIN)
         self.log(f"{worker}: started")
@@ -241,28 +251,24 @@ class Supervisor:
             how = "ended"
         if worker.draining or self.stopping:
             self.log(f"{worker}: {how}")
-            if self.restarting and not any(w.generation < self.generation for w in self.workers.values()):
-                self.restarting = False
-                self.log(f"rolling restart done: {self.worker_count} new worker(s) serve")
         elif not self.listening:  # the first set cannot start: its error is the worker's last words above
             self.log(f"error: {worker} {how} before it was ready; stopping")
             self.failed = True
             self.stop("start-up failed")
         elif worker.generation < self.generation:  # an old worker, during a restart: its slot has a new one
             self.log(f"{worker}: {how}")
-        else:
-            self.replace(worker, how)
+        else:  # it died unasked: at once if it had served a while, else a crash loop must not spin
+            served = (
+                worker.ready_since is not None and time.monotonic() - worker.ready_since >= HEALTHY_UPTIME
+            )
+            self.replace_later(worker.slot, young=not served, why=f"{worker}: {how}")
+        self.check_restart_done()
 
-    def replace(self, worker: Worker, how: str) -> None:
-        """A worker died unasked: start another in its slot, at once if it had served a while."""
-        now = time.monotonic()
-        if worker.ready_since is not None and now - worker.ready_since >= HEALTHY_UPTIME:
-            self.backoff[worker.slot] = 0.0
-        else:  # it died young: a crash loop must not spin
-            self.backoff[worker.slot] = min(max(2 * self.backoff[worker.slot], FIRST_BACKOFF), MAX_BACKOFF)
-        delay = self.backoff[worker.slot]
-        self.log(f"{worker}: {how}; its replacement starts in {delay:.1f} s")
-        self.respawns[worker.slot] = now + delay
+    def replace_later(self, slot: int, *, young: bool, why: str) -> None:
+        """Start a worker in `slot` after a backoff: none if it served, doubled at each young death."""
+        self.backoff[slot] = min(max(2 * self.backoff[slot], FIRST_BACKOFF), MAX_BACKOFF) if young else 0.0
+        self.log(f"{why}; its replacement starts in {self.backoff[slot]:.1f} s")
+        self.respawns[slot] = time.monotonic() + self.backoff[slot]
 
     # --8<-- [end:pipe]
 
@@ -273,9 +279,17 @@ class Supervisor:
             worker.stop(signal.SIGTERM)
         if self.restarting and self.all_ready():
             old = [w for w in self.workers.values() if w.generation < self.generation and not w.draining]
-            self.log(f"rolling restart: the new workers are ready, draining {len(old)} old one(s)")
+            if old:
+                self.log(f"rolling restart: the new workers are ready, draining {len(old)} old one(s)")
             for old_worker in old:
                 old_worker.stop(signal.SIGTERM)
+            self.check_restart_done()
+
+    def check_restart_done(self) -> None:
+        old_ones_left = any(worker.generation < self.generation for worker in self.workers.values())
+        if self.restarting and self.all_ready() and not old_ones_left:
+            self.restarting = False
+            self.log(f"rolling restart done: {self.worker_count} new worker(s) serve")
 
     # --8<-- [start:signals]
     def on_signals(self) -> None:
@@ -313,6 +327,7 @@ class Supervisor:
             self.log(f"{reason}: ignored, {'stopping' if self.stopping else 'a restart is under way'}")
             return
         self.restarting = True
+        self.respawns.clear()  # a slot waiting for its replacement gets one of the new set
         self.generation += 1
         self.log(f"{reason}: rolling restart, starting {self.worker_count} new worker(s)")
         for slot in range(self.worker_count):
@@ -325,7 +340,7 @@ class Supervisor:
             if worker.process is not None and worker.process.returncode is None:
                 self.log(f"{worker}: still running {KILL_GRACE} s after the shutdown timeout; SIGKILL")
                 worker.process.kill()
-        self.kill_deadline = float("inf")
+        self.kill_deadline = None
 
     def log(self, message: str) -> None:
         print(f"supervisor: {message}", file=sys.stderr, flush=True)
