@@ -300,31 +300,29 @@ def select(names: list[str], phases: list[Target]) -> list[Target]:
 # --------------------------------------------------------------------------------------------- running
 
 
-def check_get(port: int, path: str, expected_body: bytes | None, timeout: float = 2.0) -> str | None:
-    """None if `GET path` answers 200, with `expected_body` if one is given; otherwise what is wrong. Checked
-    once per scenario, so no target is measured answering a 404 or another file."""
+def _get(port: int, path: str, timeout: float = 2.0) -> tuple[http.client.HTTPResponse, bytes]:
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
-        body = response.read()
+        return response, response.read()
     finally:
         connection.close()
+
+
+def check_get(port: int, path: str, expected_body: bytes | None) -> str | None:
+    """None if `GET path` answers 200, with `expected_body` if one is given; otherwise what is wrong. Checked
+    once per scenario, so no target is measured answering a 404 or another file."""
+    response, body = _get(port, path)
     if response.status != 200 or (expected_body is not None and body != expected_body):
         return f"GET {path} answered {response.status} with {len(body):,} bytes, not the bench's 200 and body"
     return None
 
 
-def check_hello(port: int, timeout: float = 2.0) -> str | None:
+def check_hello(port: int) -> str | None:
     """None if `GET /` answers the bench's hello world; otherwise what is wrong. Raises OSError if no server
     accepts the connection yet."""
-    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        connection.request("GET", "/")
-        response = connection.getresponse()
-        body = response.read()
-    finally:
-        connection.close()
+    response, body = _get(port, "/")
     media_type = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
     if response.status != 200 or media_type != "text/plain" or body != EXPECTED_BODY:
         return (
