@@ -370,18 +370,6 @@ def count_syscalls(
     return per_round_trip
 
 
-def round_trips_per_client(clients: int, *, at_least: int, per_cell: int) -> int:
-    # One client doing 200 round trips is done in milliseconds, and one hiccup of the machine would decide the
-    # result: few clients each do more, so that every cell does a comparable amount of work.
-    return max(at_least, math.ceil(per_cell / clients))
-
-
-def pin_client(pinned: bool) -> None:
-    if pinned:
-        os.sched_setaffinity(0, {CLIENT_CPU})
-    raise_open_file_limit()  # one descriptor per client, and the default soft limit is often 1024
-
-
 def median_figures(runs: list[RunFigures]) -> dict[str, float | None]:
     """The median of every figure across runs; a figure some run did not reach (None) counts as infinite."""
     medians: dict[str, float | None] = {}
@@ -434,11 +422,17 @@ def main(argv: list[str] | None = None) -> int:
 def measure_everything(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
     """Every count and every timed run; returns the report that becomes echo.json."""
     pinned = len(os.sched_getaffinity(0)) >= 2 and shutil.which("taskset") is not None
-    pin_client(pinned)
+    if pinned:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    raise_open_file_limit()  # one descriptor per client, and the default soft limit is often 1024
     message = bytes(index % 251 for index in range(args.message_bytes))
 
     def trips(clients: int) -> int:
-        return round_trips_per_client(clients, at_least=args.round_trips, per_cell=args.cell_round_trips)
+        # One client doing 200 round trips is done in milliseconds, and one hiccup of the machine would decide
+        # the result: few clients each do more, so that every cell does a comparable amount of work.
+        at_least: int = args.round_trips
+        per_cell: int = args.cell_round_trips
+        return max(at_least, math.ceil(per_cell / clients))
 
     def cell(clients: int) -> dict[str, Any]:
         return {
