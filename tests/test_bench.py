@@ -6,12 +6,14 @@ These tests check that the harness measures correctly, never how fast anything i
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -447,6 +449,34 @@ def test_every_harness_writes_the_same_envelope(tmp_path: Path) -> None:
     with pytest.raises(results.SchemaError, match="written by the 'echo' harness"):
         results.read_document(path, "parser_micro")
     assert _results().to_json()["harness"] == "http"
+
+
+def test_a_small_harness_saves_an_exploratory_run_apart_and_publishes_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
+    page = tmp_path / "docs" / "toy.md"
+    parser = argparse.ArgumentParser()
+    results.add_publishing_options(parser, "toy_micro", "make bench-toy")
+
+    def measure(results_file: Path) -> dict[str, Any]:
+        return results.document("toy_micro", "toy_micro", ["toy"], {}, {}, figure=7)
+
+    def pages(contents: dict[str, Any], source: str) -> dict[Path, str]:
+        return {page: f"figure {contents['figure']}, from {source}\n"}
+
+    assert results.save_and_publish(parser.parse_args(["--name", "try"]), "toy_micro", measure, pages) == 0
+    saved = tmp_path / "results" / "exploratory-toy_micro-try.json"
+    assert saved.is_file() and not page.exists()  # exploratory: the results file, nothing the docs show
+    assert f"figure 7, from {saved}" in capsys.readouterr().out
+
+    def measure_nothing(results_file: Path) -> dict[str, Any]:
+        raise AssertionError("--from-results measures nothing")
+
+    options = parser.parse_args(["--from-results", str(saved), "--publish"])
+    results.save_and_publish(options, "toy_micro", measure_nothing, pages)
+    assert page.read_text() == f"figure 7, from {saved}\n"
+    assert [path.name for path in (tmp_path / "results").iterdir()] == [saved.name]
 
 
 # --------------------------------------------------------------------------------------------- disturbed runs
