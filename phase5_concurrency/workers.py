@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -72,7 +72,6 @@ class Worker:
     process: subprocess.Popen[bytes] | None = None
     thread: threading.Thread | None = None
     server: Server | None = None  # a thread's loop, once ready: where its stop requests go
-    started: float = field(default_factory=time.monotonic)
     ready_since: float | None = None
     draining: bool = False
 
