@@ -1,7 +1,7 @@
 """The echo chapters' benchmark: many clients at once, each timing its own round trips, on phases 1 and 2.
 
-    python -m bench.echo        # `make bench-echo`: the full run, a few minutes
-    python -m bench.echo --clients 1,10 --cell-round-trips 200 --runs 1 --json /tmp/e.json --docs-dir /tmp/e
+    make bench-echo                                 # the full run, a few minutes, published
+    .venv/bin/python -m bench.echo --clients 1,10 --cell-round-trips 200 --runs 1 --name try   # exploratory
 
 Every client connects, sends a small message, waits until all of it has come back, and repeats (a closed
 loop). From send to full echo is one round trip; from the client's connect() to its first full echo is its
@@ -19,8 +19,9 @@ view, not the server's alone.
 Before the timed runs, one untimed run per cell counts the server's system calls with `perf stat` on the
 kernel's syscall tracepoints: what each design asks of the kernel per round trip.
 
-Writes bench/results/echo.json (every run's figures, the machine, the commands) and the Markdown tables that
-the chapters include, under docs/generated/echo/.
+With --publish (`make bench-echo`) it writes bench/results/echo.json (every run's figures, the machine, the
+commands) and the Markdown tables that the chapters include, under docs/generated/echo/; otherwise
+bench/results/exploratory-echo-NAME.json alone.
 """
 
 from __future__ import annotations
