@@ -8,17 +8,32 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import __main__ as bench_main
-from bench import abuse, charts, cpu, echo, flame, parser_micro, report, results, sendfile_micro, targets, wrk
+from bench import (
+    abuse,
+    charts,
+    cpu,
+    echo,
+    flame,
+    parser_micro,
+    report,
+    results,
+    router_micro,
+    sendfile_micro,
+    targets,
+    wrk,
+)
 from bench.__main__ import parse_cpus
 from conftest import Phase, require_tool
 from tools.phases import REPO_ROOT, newest_phase_with
@@ -531,6 +546,34 @@ def test_parser_micro_measures_the_newest_phase_with_a_protocol_unless_told() ->
     assert parser_micro.parse_arguments(["--phase", "phase3_http_parse"]).phase == "phase3_http_parse"
     with pytest.raises(SystemExit):
         parser_micro.parse_arguments(["--phase", "phase1_blocking_echo"])  # it has no protocol.py
+
+
+def test_the_micro_harnesses_time_every_variant_their_tables_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each function timed is called once, not timed (a microsecond each), so this checks what is measured and
+    tabulated, never how fast."""
+
+    def call_once(function: Callable[[], object], repeats: int = 1, target_seconds: float = 0.0) -> float:
+        function()
+        return 1e-6
+
+    monkeypatch.setattr(parser_micro, "seconds_per_call", call_once)
+    monkeypatch.setattr(router_micro, "seconds_per_call", call_once)
+    parser_micro.load_protocol("phase3_http_parse")
+    figures = parser_micro.run()
+    rows = {key: len(figures[key]) for key in figures}
+    assert rows == {"end_to_end": 4 * 3, "head_extraction": 2 * 4, "responses": 3, "byte_at_a_time": 3 * 2}
+    settings = {"phase": "phase3_http_parse", "repeats": 1, "target_seconds": 0.0}
+    contents = results.document("parser_micro", "test", [], {}, settings, **figures)
+    assert "| browser GET | memoryview fields (zero-copy) | 1.00 |" in report.parser_micro_markdown(contents)
+
+    router = importlib.import_module("phase4_routing.router")
+    # Every router must give the same answers before it is timed: run() raises otherwise.
+    lookups = router_micro.run(router, repeats=1, target_seconds=0.0)
+    assert len(lookups["lookups"]) == 2 * 3 * 2 * 4 - 3 * 2  # no dict router for parametrized routes
+    contents = results.document("router_micro", "test", [], {"werkzeug": "test"}, {"repeats": 1}, **lookups)
+    assert "| parametrized | 1,000 | miss | 100 | n/a | 100 | 100 |" in router_micro.markdown(
+        contents
+    )  # 1 µs / 10
 
 
 # --------------------------------------------------------------------------------------------- sendfile
