@@ -316,10 +316,14 @@ def median(runs: list[WorkerRun], figure: Figure, form: str) -> str:
 
 
 def projection(measured: dict[str, Any]) -> list[str]:
-    """A 1-worker measurement's projection: PROJECTED_CORES times its requests per server CPU-second, and
-    the cores wrk would need for that, at the CPU per request it used here."""
+    """PROJECTED_CORES times the requests per server CPU-second one measurement gave, and the cores wrk would
+    need for that load at the CPU per request it used there."""
     runs = [WorkerRun(**raw) for raw in measured["runs"]]
-    cells = [measured["model"], median(runs, *MODEL_COLUMNS["req per server CPU-second"])]
+    cells = [
+        measured["model"],
+        str(measured["workers"]),
+        median(runs, *MODEL_COLUMNS["req per server CPU-second"]),
+    ]
     if measured["model"] == "threads":  # one GIL: a second core runs no more Python
         return [*cells, "not projected: one GIL", "—"]
     projected = PROJECTED_CORES * statistics.median(run.requests_per_server_cpu_s or 0 for run in runs)
@@ -336,10 +340,10 @@ def outcome(row: dict[str, Any]) -> str:
     return f"restarts took {restarts}; worker pids all new: {'yes' if row['worker_pids_all_new'] else 'no'}"
 
 
-def section(heading: str, prose: str, header: list[str], rows: list[list[str]], text_columns: int) -> str:
-    """A heading with its anchor, a paragraph, and a table: text columns left, numbers right."""
-    align = ["---"] * text_columns + ["--:"] * (len(header) - text_columns)
-    return "\n".join([heading, "", prose, "", *markdown_table(header, rows, align)])
+def section(heading: str, prose: str, header: list[str], rows: list[list[str]], align: str) -> str:
+    """A heading with its anchor, a paragraph, and a table; `align` has an l or an r per column."""
+    table = markdown_table(header, rows, [{"l": "---", "r": "--:"}[side] for side in align])
+    return "\n".join([heading, "", prose, "", *table])
 
 
 def markdown(contents: dict[str, Any], source: str) -> str:
@@ -363,24 +367,30 @@ def markdown(contents: dict[str, Any], source: str) -> str:
             + [median([WorkerRun(**raw) for raw in m["runs"]], *column) for column in MODEL_COLUMNS.values()]
             for m in contents["models"]
         ],
-        1,
+        "lr" + "r" * len(MODEL_COLUMNS),
     )
     projected = section(
         f"### Projected, not measured: {PROJECTED_CORES} workers on {PROJECTED_CORES} cores "
         "{#workers-projection}",
-        f"{PROJECTED_CORES} times the requests per server CPU-second measured with 1 worker. This assumes "
-        "that a request costs each of the workers what it cost the one, that the kernel spreads the clients "
-        "evenly, and a client fast enough: the last column is the cores wrk would need for that load, at the "
-        "CPU per request it used here. To measure it instead, on a machine with 16 CPUs: "
-        f"`.venv/bin/python -m bench.workers {BIGGER_MACHINE}`.",
+        f"{PROJECTED_CORES} times the requests per server CPU-second each measurement above gave. From the "
+        "1-worker cost, this assumes that a request costs each of the workers what it cost the one; the "
+        "costs with more workers include what sharing these cores with each other and with wrk added. Both "
+        "assume that the kernel spreads the clients evenly and a client fast enough: the last column is the "
+        "cores wrk would need for that load, at the CPU per request it used here. To measure it instead, on "
+        f"a machine with 16 CPUs: `.venv/bin/python -m bench.workers {BIGGER_MACHINE}`.",
         [
             "model",
-            "measured: req per server CPU-second, 1 worker",
+            "cost measured with workers",
+            "req per server CPU-second",
             "projected: req/s",
             "projected: wrk cores",
         ],
-        [projection(m) for m in contents["models"] if m["workers"] == 1 and m["runs"]],
-        1,
+        [
+            projection(m)
+            for m in contents["models"]
+            if m["runs"] and (m["model"] != "threads" or m["workers"] == 1)
+        ],
+        "lrrrr",
     )
     resilience = section(
         "### Kill, drain, restart under load {#workers-resilience}",
@@ -396,7 +406,7 @@ def markdown(contents: dict[str, Any], source: str) -> str:
             + [outcome(row)]
             for row in contents["resilience"]
         ],
-        2,
+        "llrrrrrrl",
     )
     trap = section(
         "### The trap: closing one SO_REUSEPORT listener {#workers-trap}",
@@ -406,12 +416,12 @@ def markdown(contents: dict[str, Any], source: str) -> str:
         "queued on it. If another descriptor of the socket is kept open (the supervisor keeps one), they "
         "wait for the next worker. `/proc/sys/net/ipv4/tcp_migrate_req` was "
         f"{trapped['tcp_migrate_req']} (at 1, Linux moves them to another listener instead).",
-        ["closed", "clients queued", "reset", "accepted afterwards"],
+        ["one listener closed", "clients queued", "reset", "accepted afterwards"],
         [
             [label, *(str(trapped[key][count]) for count in ("clients", "reset", "accepted"))]
-            for label, key in (("its last descriptor", "naive"), ("another kept open", "kept_open"))
+            for label, key in (("its last descriptor", "naive"), ("one of two descriptors", "kept_open"))
         ],
-        1,
+        "lrrr",
     )
     note = f"<!-- Generated by bench/workers.py from {source}. Do not edit by hand. -->"
     return "\n\n".join([note, models, projected, resilience, trap]) + "\n"
