@@ -7,11 +7,11 @@ per model; what kill -9, SIGTERM and SIGHUP cost clients under load; and the tra
 This machine has 2 cores and the server and wrk share them (`--server-cpus` and `--client-cpus` both default
 to every CPU we may use), so requests per second cannot show multi-core scaling. What carries to more cores is
 measured instead: the server's CPU time per request (its whole process tree, psutil) and each worker's share
-of it (per child process; per thread for `threads`). The tables project from the 1-worker cost what more cores
-would serve, labelled as projected, and give the command that measures it on a bigger machine. The resilience
-runs act on a 2-worker server under wrk load and read its `supervisor:` log as it is written; the trap needs
-no server, only two SO_REUSEPORT listeners. The tradeoff: event times come from polling that log every 10 ms,
-so they are good to 10 ms, which is enough for events that take hundreds.
+of it (per child process; per thread for `threads`). From that cost, the tables project what 8 cores would
+serve, labelled as projected, and give the command that measures it on a machine that has them. The
+resilience runs act on a 2-worker server under wrk load and read its `supervisor:` log as it is written; the
+trap needs no server, only two SO_REUSEPORT listeners. The tradeoff: event times come from polling that log
+every 10 ms, so they are good to 10 ms, which is enough for events that take hundreds.
 """
 
 from __future__ import annotations
@@ -113,7 +113,9 @@ def stopped(server: PhaseProcess) -> None:
         raise RuntimeError(f"{' '.join(server.command)} {failure}")
 
 
-def measure_model(model: str, workers: int, options: argparse.Namespace, budget: cpu.RepeatBudget) -> Any:
+def measure_model(
+    model: str, workers: int, options: argparse.Namespace, budget: cpu.RepeatBudget
+) -> dict[str, Any]:
     """A fresh server, a warm-up, then the runs; a run disturbed by other processes is repeated."""
     server = start_server(model, workers, options.server_cpus)
     command = load(KEEPALIVE, server, options.duration, options)
@@ -286,8 +288,9 @@ def close_one_listener(*, kept_open: bool) -> dict[str, int]:
 
 def trap() -> dict[str, Any]:
     print("the trap: closing one of two SO_REUSEPORT listeners", flush=True)
+    migrate = Path("/proc/sys/net/ipv4/tcp_migrate_req")  # Linux 5.14 and later
     return {
-        "tcp_migrate_req": int(Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text()),
+        "tcp_migrate_req": int(migrate.read_text()) if migrate.exists() else None,
         "naive": close_one_listener(kept_open=False),
         "kept_open": close_one_listener(kept_open=True),
     }
@@ -422,8 +425,8 @@ def markdown(contents: dict[str, Any], source: str) -> str:
         "clients connected and queued on them while nobody accepts; then one listener is closed, as a worker "
         "closes it when it drains. If that is its last descriptor, the kernel resets the clients still "
         "queued on it. If another descriptor of the socket is kept open (the supervisor keeps one), they "
-        "wait for the next worker. `/proc/sys/net/ipv4/tcp_migrate_req` was "
-        f"{trapped['tcp_migrate_req']} (at 1, Linux moves them to another listener instead).",
+        f"wait for the next worker. `/proc/sys/net/ipv4/tcp_migrate_req` was {trapped['tcp_migrate_req']} "
+        "(None: absent, before Linux 5.14; at 1, Linux moves the clients to another listener instead).",
         ["one listener closed", "clients queued", "reset", "accepted afterwards"],
         [
             [label, *(str(trapped[key][count]) for count in ("clients", "reset", "accepted"))]
@@ -468,9 +471,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
         figures = {"models": models, "resilience": resilience, "trap": trap()}
         settings = {
-            name: getattr(options, name) for name in ("runs", "server_cpus", "client_cpus", "wrk_threads")
+            "runs": options.runs,
+            "duration_s": options.duration,
+            "warmup_s": options.warmup,
+            "workers": counts,
+            "server_cpus": options.server_cpus,
+            "client_cpus": options.client_cpus,
+            "wrk_threads": options.wrk_threads,
         }
-        settings |= {"duration_s": options.duration, "warmup_s": options.warmup, "workers": counts}
         command = harness_command("bench.workers", argv)
         contents = document(PUBLISHED_NAME, PUBLISHED_NAME, command, {}, settings, **figures)
         return {**contents, "elapsed_s": round(time.monotonic() - started, 1)}

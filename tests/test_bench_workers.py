@@ -41,7 +41,7 @@ def test_a_smoke_run_has_every_row_and_renders_again_from_its_file(
         assert len(events[model, "SIGHUP twice"]["restart_s"]) == 2
 
     trap = contents["trap"]
-    if trap["tcp_migrate_req"] == 0:  # at 1, the kernel moves the queued clients instead of resetting them
+    if trap["tcp_migrate_req"] != 1:  # at 1, the kernel moves the queued clients instead of resetting them
         assert trap["naive"]["reset"] > 0
     assert trap["naive"]["reset"] + trap["naive"]["accepted"] == trap["naive"]["clients"]
     assert trap["kept_open"]["reset"] == 0
