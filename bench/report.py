@@ -1,10 +1,10 @@
 """Tables from the results files: the markdown the docs include, and the one-screen summary in the terminal.
 
-The docs never hold a typed number: every table in them is written here, by `markdown_table`, from a results
-file, for all three harnesses: the HTTP bench (docs/generated/bench/summary.md, and <phase>.md for each phase
-beside the peers; rows fastest first, our phases in bold), the echo bench (docs/generated/echo/) and the
-parser microbenchmark (docs/generated/parser_micro-PHASE.md). The generated files hold tables and sentences
-only, no links or images, so they are valid wherever they are included.
+The docs never hold a typed number: every table in them is written by `markdown_table`, from a results file;
+here for three harnesses (the others render their own): the HTTP bench (docs/generated/bench/summary.md, and
+<phase>.md for each phase beside the peers; rows fastest first, our phases in bold), the echo bench
+(docs/generated/echo/) and the parser microbenchmark (docs/generated/parser_micro-PHASE.md). The generated
+files hold tables and sentences only, no links or images, so they are valid wherever they are included.
 """
 
 from __future__ import annotations

@@ -3,14 +3,15 @@
 Every harness (the HTTP bench; bench/echo.py, parser_micro.py, router_micro.py, sendfile_micro.py, abuse.py)
 writes the same envelope, built by `document()` and read back by `read_document()`: `schema_version`,
 `harness`, `name`, `created` (UTC, ISO 8601), `command` (how the harness was invoked), `machine`
-(`host_facts()` and the harness's own facts) and `settings`, then the harness's own figures. The HTTP
-bench's figures are typed below; for it, only raw figures are stored per run (requests, seconds, CPU seconds,
-latencies); everything the docs show is derived from them here, by one set of functions, so a table can
-always be traced back to its runs. Each measurement also carries a `summary` (median, min, max) for readers
-of the JSON; loading ignores it and recomputes. The tradeoff: the schema is plain dataclasses checked by
-hand, not a schema library, so it stays readable; `SCHEMA_VERSION` changes whenever a field changes or a
-required one is added. A new field with a default that says what older files meant (a scenario's `path` is
-"/") keeps the version: older files still load.
+(`host_facts()` and the harness's own facts) and `settings`, then the harness's own figures. The HTTP bench's
+figures are typed below; for it, only raw figures are stored per run (requests, seconds, CPU seconds,
+latencies); everything the docs show is derived from them here, by one set of functions, so a table can always
+be traced back to its runs. The other harnesses save, print and publish through one tail,
+`save_and_publish()`, behind the same three options (`add_publishing_options()`). Each measurement also
+carries a `summary` (median, min, max) for readers of the JSON; loading ignores it and recomputes. The
+tradeoff: the schema is plain dataclasses checked by hand, not a schema library, so it stays readable;
+`SCHEMA_VERSION` changes whenever a field changes or a required one is added. A new field with a default that
+says what older files meant (a scenario's `path` is "/") keeps the version: older files still load.
 """
 
 from __future__ import annotations
