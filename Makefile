@@ -18,7 +18,7 @@ ROOT_CONFTEST := conftest.py
 export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser bench-router \
-	bench-sendfile bench-abuse flame \
+	bench-sendfile bench-abuse bench-workers flame \
 	mutation system-tools bench-tools clean
 
 run:  ## serve the newest phase on $(HOST):$(PORT)
@@ -106,6 +106,9 @@ bench-abuse: $(STAMP)  ## the attacks of chapter 3, before and after its defence
 	git archive $(BEFORE_DEFENCES) phase3_http_parse | tar -x -C "$$before" && \
 	$(PY) -m bench.abuse --publish --label "before ($(BEFORE_DEFENCES))" --phase-dir "$$before/phase3_http_parse" && \
 	$(PY) -m bench.abuse --publish --label after
+
+bench-workers: $(STAMP) system-tools  ## phase 5: the three models, kill -9, SIGTERM, SIGHUP, the SO_REUSEPORT trap
+	$(PY) -m bench.workers --publish
 
 flame: $(STAMP) system-tools  ## a flamegraph of $(PHASE) under load, published in docs/assets/flame/
 	$(PY) -m bench.flame --phase $(PHASE) --publish
