@@ -3,14 +3,17 @@
     make bench                                   # everything, with the defaults, published (--publish)
     .venv/bin/python -m bench --targets peers --quick      # a quick look at the peers
     .venv/bin/python -m bench --targets phase3_http_parse,nginx --scenarios keepalive-64 --runs 5
+    .venv/bin/python -m bench --workers 2 --server-cpus 2-3     # on 4 cores: every target with 2 workers
 
-For each target and scenario: a fresh server pinned to the server CPUs, a warm-up, then several timed wrk
-runs pinned to the client CPUs, reading the server's CPU time from /proc around each. A scenario that asks for
-more than `GET /` (a parametrized route, a static file the harness writes) measures only the targets that
-serve it, and records why the others were not measured. Then, per target, the memory it needs to hold many
-idle connections. Prints a summary and writes the results file. Only with
---publish (`make bench`) is that bench/results/latest.json, with the charts under docs/assets/bench/ and the
-tables under docs/generated/bench/ redrawn from it: any other run is exploratory, written to
+For each scenario, the targets take turns run by run (run 1 of each target, then run 2 of each, ...), so that
+a machine whose speed drifts over minutes slows every target alike. Each run: a fresh server pinned to the
+server CPUs, a warm-up, then one timed wrk run pinned to the client CPUs, reading the server's CPU time from
+/proc around it. Every target runs --workers workers; one that cannot is not measured. A scenario that asks
+for more than `GET /` (a parametrized route, a static file the harness writes) measures only the targets
+that serve it, and records why the others were not measured. Then, per target, the memory it needs to hold
+many idle connections. Prints a summary and writes the results file. Only with --publish (`make bench`) is
+that bench/results/latest.json, with the charts under docs/assets/bench/ and the tables under
+docs/generated/bench/ redrawn from it: any other run is exploratory, written to
 bench/results/exploratory-NAME.json alone, so trying something never overwrites the published numbers.
 """
 
@@ -55,8 +58,8 @@ SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in wrk.SCENARIOS}
 FD_HEADROOM = 1000  # descriptors beyond the idle connections: listening sockets, logs, /proc reads
 
 # --8<-- [start:defaults]
-DEFAULTS = {"runs": 3, "duration": 5, "warmup": 2, "idle_connections": 10_000}
-QUICK = {"runs": 1, "duration": 1, "warmup": 0, "idle_connections": 1_000}
+DEFAULTS = {"runs": 3, "duration": 5, "warmup": 2, "idle_connections": 10_000, "workers": 1}
+QUICK = {"runs": 1, "duration": 1, "warmup": 0, "idle_connections": 1_000, "workers": 1}
 # --8<-- [end:defaults]
 
 
@@ -89,6 +92,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         ("duration", "seconds per run, whole seconds for wrk"),
         ("warmup", "warm-up seconds, 0 for none"),
         ("idle_connections", "connections held open by the memory test"),
+        ("workers", "workers every target runs (processes, or threads for hyper)"),
     ):
         parser.add_argument(
             f"--{option.replace('_', '-')}", type=int, help=f"{what} (default {DEFAULTS[option]:,})"
@@ -109,6 +113,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         " (default: the repository)",
     )
     options = parser.parse_args(argv)
+    if options.workers is not None and options.workers < 1:
+        parser.error("--workers must be at least 1")
     if options.quick and options.publish:
         parser.error("--quick runs are never published: drop --quick or --publish")
     preset = QUICK if options.quick else DEFAULTS
@@ -121,22 +127,37 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 # --------------------------------------------------------------------------------------------- measuring
 
 
+def schedule(
+    chosen: list[targets.Target], scenarios: list[wrk.Scenario], runs: int
+) -> list[tuple[wrk.Scenario, int, targets.Target]]:
+    """The order of the timed runs: scenario by scenario, run 1 of every target that serves it, then run 2 of
+    every one, and so on, so that the machine's drift during a scenario lands on every target alike."""
+    return [
+        (scenario, number, target)
+        for scenario in scenarios
+        for number in range(1, runs + 1)
+        for target in chosen
+        if target.not_served(scenario.needs) is None
+    ]
+
+
 def measure(
     target: targets.Target,
     scenario: wrk.Scenario,
+    number: int,
     settings: Settings,
     progress: Progress,
-    scratch: Path,
     *,
+    scratch: Path,
     static_dir: Path,
     repeats: cpu.RepeatBudget,
 ) -> Measurement:
-    """A fresh server, a check of the scenario's answer, a warm-up, then the timed runs; any failure is
-    recorded, never raised."""
-    label = f"{target.name} | {scenario.name}"
+    """Run `number` of a target in a scenario: a fresh server, a check of the scenario's answer, a warm-up,
+    then one timed run (repeated if other processes disturbed it); any failure is recorded, never raised."""
+    label = f"{target.name} | {scenario.name} | run {number}/{settings.runs}"
     progress.step(f"{label} | starting")
     try:
-        server = targets.start(target, settings.server_cpus, scratch, static_dir)
+        server = targets.start(target, settings.server_cpus, scratch, static_dir, settings.workers)
     except targets.TargetFailed as error:
         progress.note(f"{label}: {error}")
         return Measurement(target.name, scenario.name, [], [], [], None, str(error))
@@ -153,19 +174,15 @@ def measure(
             progress.step(f"{label} | warm-up")
             warmup = wrk.command(scenario, server.origin, settings.warmup_s, settings.client_cpus)
             wrk.run(warmup, settings.warmup_s)
-        for number in range(1, settings.runs + 1):
-            progress.step(f"{label} | run {number}/{settings.runs}")
+        progress.step(label)
 
-            def say_again(share: float, number: int = number) -> None:
-                progress.note(
-                    f"{label}: other processes used {share:.0%} of a core during run {number}; again"
-                )
+        def say_again(share: float) -> None:
+            progress.note(f"{label}: other processes used {share:.0%} of a core; again")
 
-            kept, disturbed = cpu.quietest_of(
-                lambda: timed_run(server, timed_command, settings.duration_s), repeats, say_again
-            )
-            runs.append(kept)
-            discarded += disturbed
+        kept, discarded = cpu.quietest_of(
+            lambda: timed_run(server, timed_command, settings.duration_s), repeats, say_again
+        )
+        runs.append(kept)
         peak_rss = cpu.tree_peak_rss_bytes(server.pid)
     except (wrk.WrkError, targets.TargetFailed, OSError, http.client.HTTPException) as error:
         failure = str(error)
@@ -174,6 +191,19 @@ def measure(
         server.stop()
     return Measurement(
         target.name, scenario.name, server.command, timed_command, runs, peak_rss, failure, discarded
+    )
+
+
+def combined(earlier: Measurement, later: Measurement) -> Measurement:
+    """The runs of one target in one scenario so far, then one more: its runs appended, the highest peak."""
+    peaks = [rss for rss in (earlier.peak_rss_bytes, later.peak_rss_bytes) if rss is not None]
+    return dataclasses.replace(
+        later,
+        server_command=later.server_command or earlier.server_command,
+        wrk_command=later.wrk_command or earlier.wrk_command,
+        runs=earlier.runs + later.runs,
+        peak_rss_bytes=max(peaks, default=None),
+        discarded_runs=earlier.discarded_runs + later.discarded_runs,
     )
 
 
@@ -199,7 +229,7 @@ def measure_idle(
     count = settings.idle_connections
     progress.step(f"{target.name} | {IDLE} | {count:,} connections")
     try:
-        server = targets.start(target, settings.server_cpus, scratch, static_dir)
+        server = targets.start(target, settings.server_cpus, scratch, static_dir, settings.workers)
     except targets.TargetFailed as error:
         progress.note(f"{target.name} | {IDLE}: {error}")
         return IdleMemory(target.name, [], count, 0, 0, 0, 0.0, str(error))
@@ -244,14 +274,14 @@ class Plan:
 
     @property
     def steps(self) -> int:
-        per_scenario = 1 + (self.settings.warmup_s > 0) + self.settings.runs
-        return self.measured_pairs * per_scenario + len(self.targets) * self.with_idle
+        per_run = 2 + (self.settings.warmup_s > 0)  # start, warm-up, timed run
+        return self.measured_pairs * self.settings.runs * per_run + len(self.targets) * self.with_idle
 
     @property
     def minutes(self) -> int:
         settings = self.settings
-        per_scenario = settings.warmup_s + settings.runs * settings.duration_s + 1
-        seconds = self.measured_pairs * per_scenario + len(self.targets) * self.with_idle * 10
+        per_run = settings.warmup_s + settings.duration_s + 2  # and about 2 s to start and stop a server
+        seconds = self.measured_pairs * settings.runs * per_run + len(self.targets) * self.with_idle * 10
         return seconds // 60 + 1
 
 
@@ -279,11 +309,15 @@ def plan(options: argparse.Namespace) -> Plan:
         raise UsageError(str(error)) from error
     skipped: dict[str, str] = {}
     for target in chosen:
-        if (reason := target.missing()) is not None:
+        if options.workers > 1 and target.one_process is not None:
+            reason: str | None = f"runs one worker, not --workers {options.workers}: {target.one_process}"
+        else:
+            reason = target.missing()
+        if reason is not None:
             print(f"skipping {target.name}: {reason}", file=sys.stderr)
             skipped[target.name] = reason
     if len(skipped) == len(chosen):
-        raise UsageError("nothing to measure: every target chosen is missing")
+        raise UsageError("nothing to measure: every target chosen is skipped")
     settings = Settings(
         runs=options.runs,
         duration_s=options.duration,
@@ -291,6 +325,8 @@ def plan(options: argparse.Namespace) -> Plan:
         server_cpus=options.server_cpus,
         client_cpus=options.client_cpus,
         idle_connections=options.idle_connections,
+        workers=options.workers,
+        interleaved=True,
     )
     return Plan(
         settings=settings,
@@ -306,7 +342,6 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
     created = now()
     started = time.monotonic()
     machine = machine_facts(targets.nginx_path(), targets.HYPER_DIR / "Cargo.lock")
-    measurements: list[Measurement] = []
     idle_results: list[IdleMemory] = []
     repeats = cpu.RepeatBudget.for_runs(plan.measured_pairs * settings.runs)
     with (
@@ -315,36 +350,39 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
         Progress(plan.steps) as progress,
     ):
         static_dir = targets.write_static_files(Path(static))  # one directory for every target
-        for target in plan.targets:
-            target_scratch = Path(scratch) / target.name
-            start_failure: str | None = None  # a target that did not start once is not tried again
-            for scenario in plan.scenarios:
-                if (reason := target.not_served(scenario.needs)) is not None:
-                    measurements.append(
-                        Measurement(target.name, scenario.name, [], [], [], None, not_served=reason)
-                    )
-                    continue
-                if start_failure is not None:
-                    measurements.append(
-                        Measurement(target.name, scenario.name, [], [], [], None, start_failure)
-                    )
-                    continue
-                measurement = measure(
+        # Per target and scenario: why the target does not serve it, or its runs so far.
+        measured = {
+            (target.name, scenario.name): Measurement(
+                target.name, scenario.name, [], [], [], None, not_served=target.not_served(scenario.needs)
+            )
+            for target in plan.targets
+            for scenario in plan.scenarios
+        }
+        start_failures: dict[str, str] = {}  # a target that did not start once is not tried again
+        for scenario, number, target in schedule(plan.targets, plan.scenarios, settings.runs):
+            key = (target.name, scenario.name)
+            if target.name in start_failures:
+                measured[key] = dataclasses.replace(measured[key], failure=start_failures[target.name])
+            elif measured[key].failure is None:  # after a failed run, a measurement takes no more
+                run_number = measure(
                     target,
                     scenario,
+                    number,
                     settings,
                     progress,
-                    target_scratch,
+                    scratch=Path(scratch) / target.name,
                     static_dir=static_dir,
                     repeats=repeats,
                 )
-                measurements.append(measurement)
-                if not measurement.server_command:
-                    start_failure = measurement.failure
-            if plan.with_idle and start_failure is not None:
+                measured[key] = combined(measured[key], run_number)
+                if not run_number.server_command:
+                    start_failures[target.name] = run_number.failure or "did not start"
+        for target in plan.targets if plan.with_idle else []:
+            if (start_failure := start_failures.get(target.name)) is not None:
                 count = settings.idle_connections
                 idle_results.append(IdleMemory(target.name, [], count, 0, 0, 0, 0.0, start_failure))
-            elif plan.with_idle:
+            else:
+                target_scratch = Path(scratch) / target.name
                 idle_results.append(measure_idle(target, settings, progress, target_scratch, static_dir))
     return Results(
         name=name,
@@ -355,7 +393,7 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
         targets=[TargetInfo(t.name, t.kind, t.description) for t in plan.targets],
         scenarios=plan.scenarios,
         skipped=plan.skipped,
-        measurements=measurements,
+        measurements=list(measured.values()),
         idle=idle_results,
         elapsed_s=round(time.monotonic() - started),
     )

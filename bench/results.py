@@ -268,6 +268,10 @@ class Settings:
     server_cpus: str
     client_cpus: str
     idle_connections: int
+    workers: int = 1  # every target's workers: processes, or hyper's threads
+    # True: the targets took turns run by run, a fresh server each run. Older files: one server per target and
+    # scenario, its runs one after another.
+    interleaved: bool = False
 
 
 @dataclass(frozen=True)

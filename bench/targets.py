@@ -6,7 +6,9 @@ pinned to the server CPUs with `taskset`, in its own process group (nginx, gunic
 stopping the group stops them all), with its output in a log file. Not every peer prints the port it got, so
 the harness asks the kernel (psutil) which port the server's process tree listens on. It counts as ready once
 `GET /` answers 200 `text/plain` `Hello, World!`: the same check for every target, so no target is measured
-serving something else. Beyond `GET /`, a target serves what its `serves` names: our phases what their
+serving something else. Every target runs the same number of workers, `--workers N` (processes, or a
+Rust runtime's threads); one that serves from a single process is not measured when N > 1, with the reason.
+Beyond `GET /`, a target serves what its `serves` names: our phases what their
 CAPABILITIES say ("routing": `GET /users/123`; "static_files": the files of one directory, which the harness
 writes, under /static/), nginx the same static files, by sendfile. A peer whose tool is missing is skipped
 with the reason. The tradeoff: nginx refuses
@@ -46,9 +48,9 @@ STATIC_FILE_NAME = "file64k.bin"
 STATIC_FILE_BYTES = 64 * 1024
 STATIC_URL_PATH = f"/static/{STATIC_FILE_NAME}"
 
-# A target's command line, given the port it must listen on (0: any), a scratch directory for its own files
-# and the directory of static files to serve at /static/ (if it serves any).
-CommandFactory = Callable[[int, Path, Path], list[str]]
+# A target's command line, given the port it must listen on (0: any), a scratch directory for its own files,
+# the directory of static files to serve at /static/ (if it serves any) and the number of workers to run.
+CommandFactory = Callable[[int, Path, Path, int], list[str]]
 
 
 class TargetFailed(Exception):
@@ -64,6 +66,7 @@ class Target:
     # None when the target can run here; otherwise why not, in words a reader can act on.
     missing: Callable[[], str | None] = lambda: None
     serves: frozenset[str] = frozenset()  # which of SERVABLE it serves, besides `GET /`
+    one_process: str | None = None  # why it cannot run more than one worker, or None if it can
 
     def not_served(self, needs: str | None) -> str | None:
         """Why this target is not measured in a scenario that needs `needs`, or None if it is."""
@@ -93,9 +96,10 @@ def write_static_files(directory: Path) -> Path:
 # --------------------------------------------------------------------------------------------- our phases
 
 
-def _phase_command(name: str, serves: frozenset[str]) -> CommandFactory:
-    def command(port: int, scratch: Path, static_dir: Path) -> list[str]:
-        options = ["--static-dir", str(static_dir)] if "static_files" in serves else []
+def _phase_command(name: str, capabilities: frozenset[str]) -> CommandFactory:
+    def command(port: int, scratch: Path, static_dir: Path, workers: int) -> list[str]:
+        options = ["--static-dir", str(static_dir)] if "static_files" in capabilities else []
+        options += ["--workers", str(workers)] if "multi_process" in capabilities else []
         return phase_command(name, *options)  # on port 0, always
 
     return command
@@ -107,10 +111,18 @@ def discover_phases(root: Path = REPO_ROOT) -> list[Target]:
     for path in find_phases(root):
         if not (path / "__init__.py").is_file() or "http" not in (capabilities := phase_capabilities(path)):
             continue
-        serves = capabilities & SERVABLE
         description = f"this repository's {path.name}"
+        command = _phase_command(path.name, capabilities)
+        one_process = None if "multi_process" in capabilities else "its CAPABILITIES have no 'multi_process'"
         phases.append(
-            Target(path.name, "phase", description, _phase_command(path.name, serves), serves=serves)
+            Target(
+                path.name,
+                "phase",
+                description,
+                command,
+                serves=capabilities & SERVABLE,
+                one_process=one_process,
+            )
         )
     return phases
 
@@ -128,12 +140,15 @@ def _python_modules_missing(*modules: str) -> Callable[[], str | None]:
     return missing
 
 
-def _python_module(arguments: str) -> CommandFactory:
-    """`python -m ARGUMENTS`, with {host} and {port} filled in. Run from the repository root, where the
-    `bench.peers` apps import."""
+def _python_module(arguments: str, more_workers: str = "") -> CommandFactory:
+    """`python -m ARGUMENTS`, with {host}, {port} and {workers} filled in, and `more_workers` too if there are
+    more than one. Run from the repository root, where the `bench.peers` apps import."""
 
-    def command(port: int, scratch: Path, static_dir: Path) -> list[str]:
-        return [sys.executable, "-m", *arguments.format(host=HOST, port=port).split()]
+    def command(port: int, scratch: Path, static_dir: Path, workers: int) -> list[str]:
+        filled = (arguments + (more_workers if workers > 1 else "")).format(
+            host=HOST, port=port, workers=workers
+        )
+        return [sys.executable, "-m", *filled.split()]
 
     return command
 
@@ -147,13 +162,15 @@ def _nginx_missing() -> str | None:
     return None if nginx_path() else "nginx is not installed (Debian: apt-get install nginx)"
 
 
-def _nginx_command(port: int, scratch: Path, static_dir: Path) -> list[str]:
+def _nginx_command(port: int, scratch: Path, static_dir: Path, workers: int) -> list[str]:
     if port == 0:  # nginx rejects port 0 in `listen`: the one target that needs a port chosen for it
         with socket.socket() as probe:
             probe.bind((HOST, 0))
             port = probe.getsockname()[1]
     template = string.Template((PEERS_DIR / "nginx.conf").read_text())
-    (scratch / "nginx.conf").write_text(template.substitute(prefix=scratch, port=port, static_dir=static_dir))
+    (scratch / "nginx.conf").write_text(
+        template.substitute(prefix=scratch, port=port, static_dir=static_dir, workers=workers)
+    )
     nginx = nginx_path()
     assert nginx is not None, "checked by _nginx_missing"
     # -e: nginx opens its default error log before reading the config; point that one here too.
@@ -212,15 +229,16 @@ def _hyper_missing() -> str | None:
     return None
 
 
-def _hyper_command(port: int, scratch: Path, static_dir: Path) -> list[str]:
-    return [str(HYPER_BINARY), "--host", HOST, "--port", str(port)]
+def _hyper_command(port: int, scratch: Path, static_dir: Path, workers: int) -> list[str]:
+    threads = ["--threads", str(workers)] if workers > 1 else []  # a multi-thread runtime
+    return [str(HYPER_BINARY), "--host", HOST, "--port", str(port), *threads]
 
 
 PEERS = (
     Target(
         "nginx",
         "peer",
-        "nginx, 1 worker process, access log off, static files by sendfile (C)",
+        "nginx, --workers worker processes, access log off, static files by sendfile (C)",
         _nginx_command,
         _nginx_missing,
         serves=frozenset({"static_files"}),
@@ -228,16 +246,17 @@ PEERS = (
     Target(
         "hyper",
         "peer",
-        "hyper 0.14 on a current-thread tokio runtime, what Axum runs on (Rust)",
+        "hyper 0.14 on a current-thread tokio runtime (multi-thread, --workers threads, if more than one),"
+        " what Axum runs on (Rust)",
         _hyper_command,
         _hyper_missing,
     ),
     Target(
         "granian",
         "peer",
-        "granian, RSGI app, 1 worker, 1 runtime thread (Rust server, Python app)",
+        "granian, RSGI app, --workers workers, 1 runtime thread each (Rust server, Python app)",
         _python_module(
-            "granian --interface rsgi --host {host} --port {port} --http 1 --no-ws --workers 1"
+            "granian --interface rsgi --host {host} --port {port} --http 1 --no-ws --workers {workers}"
             " --runtime-mode st --runtime-threads 1 --loop uvloop --backlog 2048 --backpressure 16384"
             " --no-access-log --log-level warning bench.peers.rsgi_app:app"
         ),
@@ -246,11 +265,13 @@ PEERS = (
     Target(
         "uvicorn",
         "peer",
-        "uvicorn with uvloop and httptools, raw ASGI app (Python; C and Cython loop and parser)",
+        "uvicorn with uvloop and httptools, --workers processes, raw ASGI app"
+        " (Python; C and Cython loop and parser)",
         _python_module(
             "uvicorn --host {host} --port {port} --loop uvloop --http httptools --lifespan off"
             " --no-access-log --log-level warning --backlog 2048 --timeout-keep-alive 75"
-            " bench.peers.asgi_app:app"
+            " bench.peers.asgi_app:app",
+            more_workers=" --workers {workers}",
         ),
         _python_modules_missing("uvicorn", "uvloop", "httptools"),
     ),
@@ -260,13 +281,14 @@ PEERS = (
         "aiohttp web server on the standard asyncio loop (Python, C parser)",
         _python_module("bench.peers.aiohttp_app --host {host} --port {port}"),
         _python_modules_missing("aiohttp"),
+        one_process="aiohttp's web.run_app serves from one process",
     ),
     Target(
         "gunicorn",
         "peer",
-        "gunicorn, 1 gthread worker with 4 threads, WSGI app (Python)",
+        "gunicorn, --workers gthread workers with 4 threads each, WSGI app (Python)",
         _python_module(
-            "gunicorn --bind {host}:{port} --worker-class gthread --workers 1 --threads 4"
+            "gunicorn --bind {host}:{port} --worker-class gthread --workers {workers} --threads 4"
             " --worker-connections 16384 --keep-alive 75 --backlog 2048 --log-level warning"
             " bench.peers.wsgi_app:app"
         ),
@@ -277,6 +299,14 @@ PEERS = (
         "peer",
         "the standard library's ThreadingHTTPServer, HTTP/1.1, a thread per connection (Python)",
         _python_module("bench.peers.stdlib_app --host {host} --port {port}"),
+        one_process="one process, a thread per connection",
+    ),
+    Target(
+        "floor",
+        "peer",
+        "the floor: epoll, recv_into, count the request ends, send canned responses; no parsing, no routing"
+        " (bench/peers/floor.py); the ceiling for a pure-Python server",
+        _python_module("bench.peers.floor --host {host} --port {port}", more_workers=" --workers {workers}"),
     ),
 )
 
@@ -382,11 +412,11 @@ def _signal_group(process_group: int, sig: signal.Signals) -> None:
         pass
 
 
-def start(target: Target, cpus: str, scratch: Path, static_dir: Path) -> RunningTarget:
-    """Start a target pinned to `cpus` (serving `static_dir`'s files if it serves static files) and return
-    once it serves the hello world; TargetFailed otherwise."""
+def start(target: Target, cpus: str, scratch: Path, static_dir: Path, workers: int = 1) -> RunningTarget:
+    """Start a target pinned to `cpus`, with `workers` workers, serving `static_dir`'s files if it serves
+    static files; return once it serves the hello world, TargetFailed otherwise."""
     scratch.mkdir(parents=True, exist_ok=True)
-    command = pinned(cpus, target.command(0, scratch, static_dir))
+    command = pinned(cpus, target.command(0, scratch, static_dir, workers))
     log_path = scratch / f"{target.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

@@ -610,7 +610,7 @@ def test_parse_cpus_reads_taskset_lists() -> None:
 
 
 def test_select_expands_groups_and_rejects_unknown_names() -> None:
-    phase = targets.Target("phase9_test", "phase", "test", lambda port, scratch, static_dir: [])
+    phase = targets.Target("phase9_test", "phase", "test", lambda port, scratch, static_dir, workers: [])
     assert [t.name for t in targets.select(["phases", "stdlib"], [phase])] == ["phase9_test", "stdlib"]
     assert len(targets.select(["all"], [phase])) == len(targets.PEERS) + 1
     with pytest.raises(ValueError, match="unknown target 'nope'"):

@@ -1,6 +1,7 @@
 //! Hello world on hyper 0.14 and a current-thread tokio runtime: the compiled-language peer of the bench.
 //!
-//! Usage: hello-hyper --host 127.0.0.1 --port 8080 (port 0 picks a free one). Prints `listening on HOST:PORT`
+//! Usage: hello-hyper --host 127.0.0.1 --port 8080 [--threads N] (port 0 picks a free one; N > 1 runs a
+//! multi-thread runtime with N worker threads, the bench's `--workers N`). Prints `listening on HOST:PORT`
 //! as its first line, like every other bench target, so the harness learns the port the same way.
 
 use std::convert::Infallible;
@@ -27,12 +28,24 @@ fn option(args: &[String], name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
-// One thread, like the Python targets: the comparison is per core, not per machine.
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+// One thread by default, like the Python targets: the comparison is per core, not per machine.
+fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let host = option(&args, "--host", "127.0.0.1");
-    let port = option(&args, "--port", "8080");
+    let threads: usize = option(&args, "--threads", "1").parse().expect("--threads: not a number");
+    let mut runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = runtime.enable_all().build().expect("tokio runtime");
+    runtime.block_on(serve(&args));
+}
+
+async fn serve(args: &[String]) {
+    let host = option(args, "--host", "127.0.0.1");
+    let port = option(args, "--port", "8080");
     let address: SocketAddr = format!("{host}:{port}").parse().expect("--host/--port: not an address");
 
     let make_service = make_service_fn(|_connection| async { Ok::<_, Infallible>(service_fn(hello)) });
