@@ -18,6 +18,7 @@ from typing import Any
 from bench.results import NOISY_OTHER_SHARE, IdleMemory, Measurement, Results, Spread
 from bench.wrk import Scenario
 
+REFERENCE = "nginx"  # the target every other one is compared with, run by run, in each scenario
 NOISY_MARK = "\N{DAGGER}"  # after the name of a target whose runs were disturbed by other processes
 EN_DASH = "\N{EN DASH}"  # between the ends of a range, as typeset: 12.0k to 12.5k
 NOTABLE_OTHER_LOAD = 0.05  # of one core: below this, the rest of the machine was quiet
@@ -159,9 +160,15 @@ def scenario_tables(results: Results, scenario: Scenario, targets: list[str]) ->
     measured.sort(key=_throughput_key)
     if not measured:
         return not_served_note(results, scenario, targets)
-    # How much a server did and at what CPU cost; then how long a request waited (where wrk's latency means
-    # something), what went wrong, and the memory.
-    lines = ["**Throughput and CPU**", "", *measurement_table(results, measured, THROUGHPUT_COLUMNS), ""]
+    # How much a server did and at what CPU cost (against the reference's, if the runs were interleaved);
+    # then how long a request waited (where wrk's latency means something), what went wrong, and the memory.
+    throughput = dict(THROUGHPUT_COLUMNS)
+    reference = results.measurement(REFERENCE, scenario.name)
+    if results.settings.interleaved and reference is not None and reference.runs:
+        throughput[f"req per server CPU-second, \N{MULTIPLICATION SIGN} {REFERENCE}"] = lambda m: with_range(
+            m.ratio(reference, "requests_per_server_cpu_s"), lambda v: f"{v:.2f}\N{MULTIPLICATION SIGN}"
+        )
+    lines = ["**Throughput and CPU**", "", *measurement_table(results, measured, throughput), ""]
     latency = LATENCY_COLUMNS if scenario.pipeline_depth == 1 else {}
     lines += ["**Latency and resources**", ""]
     lines += measurement_table(results, measured, {**latency, **RESOURCE_COLUMNS})
@@ -200,14 +207,18 @@ def phase_costs(results: Results, targets: list[str]) -> list[str]:
             before, after = (results.measurement(name, scenario.name) for name in (earlier, later))
             old = before.spread("server_cpu_us_per_request") if before else None
             new = after.spread("server_cpu_us_per_request") if after else None
-            if old is None or new is None:
+            if old is None or new is None or before is None or after is None:
                 continue
             overlap = max(old.low, new.low) <= min(old.high, new.high)
+            verdict = f"the two ranges of runs {'overlap' if overlap else 'do not overlap'}"
             change = (new.median / old.median - 1) * 100
+            paired = after.ratio(before, "server_cpu_us_per_request")
+            if results.settings.interleaved and paired is not None:  # run i of one over run i of the other
+                change = (paired.median - 1) * 100
+                verdict = f"{(paired.low - 1) * 100:+.1f}% to {(paired.high - 1) * 100:+.1f}% run by run"
             lines.append(
                 f"- {later} vs {earlier}, {scenario.title}: {change:+.1f}% server"
-                f" CPU per request ({new.median:.1f} µs against {old.median:.1f} µs; the two ranges of runs"
-                f" {'overlap' if overlap else 'do not overlap'})"
+                f" CPU per request ({new.median:.1f} µs against {old.median:.1f} µs; {verdict})"
             )
     return lines
 
@@ -248,8 +259,15 @@ def conditions(results: Results) -> str:
         f"Linux {machine['kernel']}, Python {machine['python']}, {machine['wrk'] or 'wrk'}. "
         f"Server pinned to CPU {settings.server_cpus}, wrk (one thread) to CPU {settings.client_cpus}. "
         f"Each figure is the median of {settings.runs} run(s) of {settings.duration_s} s after {warmup}, "
-        f"a fresh server per scenario; (min{EN_DASH}max) where shown."
+        + (
+            "a fresh server per run, the targets taking turns run by run; ratios pair run i with run i;"
+            if settings.interleaved
+            else "a fresh server per scenario;"
+        )
+        + f" (min{EN_DASH}max) where shown."
     )
+    if settings.workers > 1:
+        text += f" Every server ran {settings.workers} workers (processes; threads for hyper)."
     if results.elapsed_s:
         text += f" The whole run took {results.elapsed_s / 60:.0f} min."
     other = other_load(results)
@@ -284,7 +302,12 @@ def markdown(results: Results, targets: list[str], source: str) -> str:
             "#### Each phase against the one before",
             "",
             "Server CPU per request, median of runs, in the scenarios every phase serves (`GET /`). Where the"
-            " two ranges of runs overlap, this run cannot tell the phases apart.",
+            + (
+                " change run by run goes from below 0% to above,"
+                if results.settings.interleaved
+                else " two ranges of runs overlap,"
+            )
+            + " this run cannot tell the phases apart.",
             "",
             *costs,
             "",

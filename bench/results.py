@@ -227,6 +227,15 @@ class Measurement:
     def spread(self, figure: str) -> Spread | None:
         return Spread.of([FIGURES[figure](run) for run in self.runs])
 
+    def ratio(self, reference: Measurement, figure: str) -> Spread | None:
+        """`figure` over the reference's, run i over run i: with the targets taking turns run by run, each
+        pair of runs saw the same state of the machine, so the ratio drifts less than either figure."""
+        ratios: list[float | None] = []
+        for run, reference_run in zip(self.runs, reference.runs, strict=False):
+            value, reference_value = FIGURES[figure](run), FIGURES[figure](reference_run)
+            ratios.append(value / reference_value if value is not None and reference_value else None)
+        return Spread.of(ratios)
+
     def summary(self) -> dict[str, dict[str, float] | None]:
         return {
             name: dataclasses.asdict(spread) if (spread := self.spread(name)) else None for name in FIGURES

@@ -11,12 +11,14 @@ import dataclasses
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 
 from bench import __main__ as bench_main
@@ -36,7 +38,7 @@ from bench import (
 )
 from bench.__main__ import parse_cpus
 from conftest import Phase, require_tool
-from tools.phases import REPO_ROOT, newest_phase_with
+from tools.phases import REPO_ROOT, PhaseProcess, newest_phase_with
 
 # Captured from `wrk -s bench/lua/report.lua` (wrk 4.1.0): its own report, then our hook's line.
 WRK_JSON = {
@@ -346,6 +348,34 @@ def test_the_summary_says_what_each_phase_costs_over_the_one_before() -> None:
     assert "phase4_routing vs" not in report.markdown(measured, ["phase3_http_parse", "nginx"], "test.json")
 
 
+def test_interleaved_runs_give_each_ratio_run_by_run_with_its_spread() -> None:
+    """With the targets taking turns, a ratio pairs run i with run i: its median is not the ratio of the
+    medians, and its range is the spread of those pairs. Older results files keep their tables as before."""
+    times = "\N{MULTIPLICATION SIGN}"
+    base = _with_a_routed_phase()
+    nginx_runs = [_run(160_000, 1.0), _run(100_000, 1.0), _run(180_000, 1.0)]
+    measurements = [
+        dataclasses.replace(m, runs=nginx_runs) if m.target == "nginx" and m.runs else m
+        for m in base.measurements
+    ]
+    settings = dataclasses.replace(base.settings, interleaved=True)
+    interleaved = dataclasses.replace(base, settings=settings, measurements=measurements)
+    pages = ["phase3_http_parse", "phase4_routing", "nginx"]
+    lines = report.markdown(interleaved, pages, "test.json").splitlines()
+    assert any("a fresh server per run, the targets taking turns run by run" in line for line in lines)
+    header = next(line for line in lines if line.startswith("| server | req/s"))
+    assert header.endswith(f"| req per server CPU-second, {times} nginx |")
+    # Requests per server CPU-second: 16k, 20k, 18k against nginx's 160k, 100k, 180k.
+    phase3 = next(line for line in lines if line.startswith("| **phase3_http_parse** |"))
+    assert phase3.endswith(f"| 0.10{times} (0.10{times}{report.EN_DASH}0.20{times}) |")
+    (cost,) = [line for line in lines if line.startswith("- phase4_routing vs phase3_http_parse")]
+    assert cost.endswith(
+        "+10.0% server CPU per request (61.1 µs against 55.6 µs; +10.0% to +10.0% run by run)"
+    )
+    old = dataclasses.replace(interleaved, settings=base.settings)
+    assert f"{times} nginx" not in report.markdown(old, pages, "test.json")
+
+
 def test_a_scenario_a_target_does_not_serve_says_so_instead_of_leaving_a_hole(tmp_path: Path) -> None:
     measured = _with_a_routed_phase()
     text = report.markdown(measured, ["phase3_http_parse", "phase4_routing", "nginx"], "test.json")
@@ -615,6 +645,135 @@ def test_select_expands_groups_and_rejects_unknown_names() -> None:
     assert len(targets.select(["all"], [phase])) == len(targets.PEERS) + 1
     with pytest.raises(ValueError, match="unknown target 'nope'"):
         targets.select(["nope"], [phase])
+
+
+# The peers' command lines as they were before --workers existed: `--workers 1` must give exactly these.
+ONE_WORKER_PEER_COMMANDS = {
+    "hyper": f"{targets.HYPER_BINARY} --host 127.0.0.1 --port 0",
+    "granian": f"{sys.executable} -m granian --interface rsgi --host 127.0.0.1 --port 0 --http 1 --no-ws"
+    " --workers 1 --runtime-mode st --runtime-threads 1 --loop uvloop --backlog 2048 --backpressure 16384"
+    " --no-access-log --log-level warning bench.peers.rsgi_app:app",
+    "uvicorn": f"{sys.executable} -m uvicorn --host 127.0.0.1 --port 0 --loop uvloop --http httptools"
+    " --lifespan off --no-access-log --log-level warning --backlog 2048 --timeout-keep-alive 75"
+    " bench.peers.asgi_app:app",
+    "aiohttp": f"{sys.executable} -m bench.peers.aiohttp_app --host 127.0.0.1 --port 0",
+    "gunicorn": f"{sys.executable} -m gunicorn --bind 127.0.0.1:0 --worker-class gthread --workers 1"
+    " --threads 4 --worker-connections 16384 --keep-alive 75 --backlog 2048 --log-level warning"
+    " bench.peers.wsgi_app:app",
+    "stdlib": f"{sys.executable} -m bench.peers.stdlib_app --host 127.0.0.1 --port 0",
+    "floor": f"{sys.executable} -m bench.peers.floor --host 127.0.0.1 --port 0",
+}
+# What the peers without `--workers 1` in their command line are told for 2 workers, at its end.
+TWO_WORKERS_ADDED = {"hyper": "--threads 2", "uvicorn": "--workers 2", "floor": "--workers 2"}
+
+
+def test_workers_reach_every_target_that_can_run_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(targets, "nginx_path", lambda: "/usr/sbin/nginx")
+    static = tmp_path / "static"
+    phases = targets.discover_phases()
+    for peer in targets.PEERS:
+        one, two = (" ".join(peer.command(0, tmp_path, static, workers)) for workers in (1, 2))
+        if peer.name == "nginx":
+            assert one == two == f"/usr/sbin/nginx -p {tmp_path} -c nginx.conf -e {tmp_path}/error.log"
+            peer.command(0, tmp_path, static, 2)
+            assert "\nworker_processes 2;\n" in (tmp_path / "nginx.conf").read_text()
+            peer.command(0, tmp_path, static, 1)
+            assert "\nworker_processes 1;\n" in (tmp_path / "nginx.conf").read_text()
+            continue
+        assert one == ONE_WORKER_PEER_COMMANDS[peer.name]
+        if peer.one_process is None:
+            assert two != one
+            assert two in (
+                one.replace("--workers 1", "--workers 2"),
+                f"{one} {TWO_WORKERS_ADDED.get(peer.name)}",
+            )
+        else:  # not measured with 2 workers: the harness skips it with this reason
+            assert peer.name in {"aiohttp", "stdlib"} and two == one
+    for phase in phases:
+        with_one, with_two = (phase.command(0, tmp_path, static, workers) for workers in (1, 2))
+        static_option = ["--static-dir", str(static)] if "static_files" in phase.serves else []
+        old = [sys.executable, "-m", phase.name, "--host", "127.0.0.1", "--port", "0", *static_option]
+        if phase.one_process is None:  # phase 5 on: told the count even when it is 1
+            assert (with_one, with_two) == ([*old, "--workers", "1"], [*old, "--workers", "2"])
+        else:
+            assert with_one == with_two == old
+    by_name = {target.name: target for target in [*phases, *targets.PEERS]}
+    assert by_name["phase3_http_parse"].one_process and by_name["phase5_concurrency"].one_process is None
+
+
+def test_with_more_than_one_worker_a_one_process_target_is_skipped_with_the_reason() -> None:
+    require_tool("wrk")
+    require_tool("taskset")
+    cpu = str(min(os.sched_getaffinity(0)))
+    options = ["--targets", "aiohttp,floor", "--server-cpus", cpu, "--client-cpus", cpu]
+    two = bench_main.plan(bench_main.parse_arguments([*options, "--workers", "2"]))
+    assert [target.name for target in two.targets] == ["floor"] and two.settings.workers == 2
+    assert two.skipped == {
+        "aiohttp": "runs one worker, not --workers 2: aiohttp's web.run_app serves from one process"
+    }
+    one = bench_main.plan(bench_main.parse_arguments(options))
+    assert [target.name for target in one.targets] == ["aiohttp", "floor"] and one.settings.workers == 1
+
+
+def test_the_runs_are_interleaved_target_by_target_within_each_scenario() -> None:
+    def target(name: str, serves: frozenset[str]) -> targets.Target:
+        return targets.Target(
+            name, "peer", name, lambda port, scratch, static_dir, workers: [], serves=serves
+        )
+
+    routed, plain = target("routed", frozenset({"routing"})), target("plain", frozenset())
+    by_name = {scenario.name: scenario for scenario in wrk.SCENARIOS}
+    order = bench_main.schedule([routed, plain], [by_name["keepalive-64"], by_name["route-64"]], 2)
+    assert [(scenario.name, number, target.name) for scenario, number, target in order] == [
+        ("keepalive-64", 1, "routed"),
+        ("keepalive-64", 1, "plain"),
+        ("keepalive-64", 2, "routed"),
+        ("keepalive-64", 2, "plain"),
+        ("route-64", 1, "routed"),  # plain does not serve the route: not run at all
+        ("route-64", 2, "routed"),
+    ]
+
+
+def test_the_floor_answers_the_hello_world_and_16_pipelined_requests() -> None:
+    """The floor passes the harness's readiness check, with the headers our phases send, and answers each of
+    16 pipelined requests sent at once (exactly 16 responses, nothing more)."""
+    floor = PhaseProcess("bench.peers.floor", root=REPO_ROOT)  # started as the harness starts it
+    try:
+        assert targets.check_hello(floor.port) is None
+        with socket.create_connection(floor.address, timeout=10) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n" * 16)
+            parser = h11.Connection(h11.CLIENT)
+            for _ in range(16):
+                parser.send(h11.Request(method="GET", target="/", headers=[("Host", "test")]))
+                parser.send(h11.EndOfMessage())
+                status, header_names, body = next_response(parser, client)
+                assert (status, header_names, body) == (
+                    200,
+                    [b"date", b"content-type", b"content-length"],
+                    targets.EXPECTED_BODY,
+                )
+                parser.start_next_cycle()
+            assert parser.trailing_data == (b"", False)
+            client.settimeout(0.2)
+            with pytest.raises(TimeoutError):  # no 17th response on its way
+                client.recv(1)
+    finally:
+        floor.stop()
+
+
+def next_response(parser: h11.Connection, client: socket.socket) -> tuple[int, list[bytes], bytes]:
+    """The status, header names and body of the next response `parser` reads from `client`."""
+    status, header_names, body = 0, [], b""
+    while not isinstance(event := parser.next_event(), h11.EndOfMessage):
+        if event is h11.NEED_DATA:
+            parser.receive_data(client.recv(65536))
+        elif isinstance(event, h11.Response):
+            status, header_names = event.status_code, [name for name, _ in event.headers]
+        elif isinstance(event, h11.Data):
+            body += event.data
+    return status, header_names, body
 
 
 def test_only_a_published_flamegraph_goes_into_the_docs() -> None:
