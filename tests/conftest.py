@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 import pytest
 
 from tools.phases import REPO_ROOT, PhaseProcess, find_phases, phase_capabilities
@@ -117,18 +118,51 @@ class RunningServer(PhaseProcess):
         client = socket.create_connection(self.address, timeout=timeout)
         return client
 
+    def processes(self) -> list[psutil.Process]:
+        """The server's processes: the one we started and its descendants. A phase with worker processes
+        serves from the children of its supervisor; an earlier phase is one process, the list has one."""
+        try:
+            root = psutil.Process(self.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
     def rss_bytes(self) -> int:
-        """The server's resident set size, from /proc."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        kib = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
-        return kib * 1024
+        """The resident set size of all the server's processes, from /proc: what its clients cost shows in
+        the sum, whichever worker serves them (the supervisor's own is constant)."""
+        total = 0
+        for process in self.processes():
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+            except FileNotFoundError:
+                continue  # it exited since the listing
+            kib = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
+            total += kib * 1024
+        return total
 
     def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        """The descriptors open in all the server's processes (summed, like rss_bytes)."""
+        total = 0
+        for process in self.processes():
+            try:
+                total += len(os.listdir(f"/proc/{process.pid}/fd"))
+            except FileNotFoundError:
+                continue
+        return total
+
+    def stderr_so_far(self) -> str:
+        """What the server has written to stderr until now, while it runs (stop() reads it all at the end).
+        PhaseProcess sends stderr to a file: read it again from the start, without moving its offset."""
+        size = os.fstat(self._stderr_file.fileno()).st_size
+        return os.pread(self._stderr_file.fileno(), size, 0).decode(errors="replace")
 
 
 def start_phase(phase: Phase, *args: str) -> RunningServer:
-    """Start a phase on a free port; wait (on its stdout, never by sleeping) for `listening on HOST:PORT`."""
+    """Start a phase on a free port; wait (on its stdout, never by sleeping) for `listening on HOST:PORT`.
+    A phase with worker processes gets `--workers 2` unless the test says how many: its default is the
+    machine's CPU count, and no test may depend on the machine it runs on."""
+    if "multi_process" in phase.capabilities and "--workers" not in args:
+        args = ("--workers", "2", *args)
     return RunningServer(phase.name, *args, root=phase.root)
 
 

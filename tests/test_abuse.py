@@ -207,17 +207,22 @@ def test_accepting_resumes_after_running_out_of_descriptors_with_no_connection_o
 ) -> None:
     """accept() fails with EMFILE, so the server pauses accepting (retrying at once would spin). A close
     used to be the only thing that resumed it: with no connection open, it never did."""
-    limits = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
-    in_use = server.open_fds()
-    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (in_use, limits[1]))  # not one fd more
+    # Every process of the server gets the limit: with worker processes, any of them may take the client.
+    pids = [process.pid for process in server.processes()]
+    limits = {pid: resource.prlimit(pid, resource.RLIMIT_NOFILE) for pid in pids}
+    for pid in pids:
+        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, limits[pid][1]))  # not one fd more
     try:
         with HttpClient(server, timeout=5) as client:
             client.send(get("/"))  # the kernel completes the handshake; the server's accept() fails
             time.sleep(0.5)
-            resource.prlimit(server.pid, resource.RLIMIT_NOFILE, limits)
+            for pid in pids:
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, limits[pid])
             assert client.response().body == HELLO
     finally:
-        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, limits)
+        for pid in pids:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, limits[pid])
 
 
 # --- clocks that measure the client ------------------------------------------------------------------
