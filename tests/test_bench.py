@@ -737,8 +737,8 @@ def test_the_runs_are_interleaved_target_by_target_within_each_scenario() -> Non
 
 
 def test_the_floor_answers_the_hello_world_and_16_pipelined_requests() -> None:
-    """The floor passes the harness's readiness check, with the headers our phases send, and answers each of
-    16 pipelined requests sent at once (exactly 16 responses, nothing more)."""
+    """The floor passes the harness's readiness check, with the headers our phases send, answers each of 16
+    pipelined requests sent at once (exactly 16 responses, nothing more), and closes when asked to."""
     floor = PhaseProcess("bench.peers.floor", root=REPO_ROOT)  # started as the harness starts it
     try:
         assert targets.check_hello(floor.port) is None
@@ -759,6 +759,16 @@ def test_the_floor_answers_the_hello_world_and_16_pipelined_requests() -> None:
             client.settimeout(0.2)
             with pytest.raises(TimeoutError):  # no 17th response on its way
                 client.recv(1)
+        with socket.create_connection(floor.address, timeout=10) as client:  # the churn scenario's request
+            client.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            parser = h11.Connection(h11.CLIENT)
+            parser.send(
+                h11.Request(method="GET", target="/", headers=[("Host", "test"), ("Connection", "close")])
+            )
+            parser.send(h11.EndOfMessage())
+            status, header_names, body = next_response(parser, client)
+            assert (status, header_names[-1], body) == (200, b"connection", targets.EXPECTED_BODY)
+            assert client.recv(1) == b""  # then closed
     finally:
         floor.stop()
 

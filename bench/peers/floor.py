@@ -2,11 +2,13 @@
 
 One epoll loop, level-triggered like our phases: accept, `recv_into` one buffer, count the request ends
 (`\\r\\n\\r\\n`) in what arrived, send that many copies of one canned response (the headers our phases send,
-its Date refreshed once a second). Whatever a pure-Python server here adds costs more than this, so the floor,
-measured in the same run, is the ceiling for any of them. What it skips, as no real server may: parsing
-(any request, even malformed, gets the hello world), routing, a request end split across two reads (never
-answered), a response the send buffer cannot take whole (the connection is closed), timeouts, limits and a
-graceful shutdown. `--workers N` forks N - 1 copies, each with its own SO_REUSEPORT listener on the port.
+its Date refreshed once a second); close the connection if what arrived holds `Connection: close`, the one
+header it looks for (the bench's churn scenario sends it). Whatever a pure-Python server here adds costs more
+than this, so the floor, measured in the same run, is the ceiling for any of them. What it skips, as no real
+server may: parsing (any request, even malformed, gets the hello world), routing, a request end split across
+two reads (never answered), a response the send buffer cannot take whole (the connection is closed),
+timeouts, limits and a graceful shutdown. `--workers N` forks N - 1 copies, each with its own SO_REUSEPORT
+listener on the same port.
 
 Usage: python -m bench.peers.floor --host 127.0.0.1 --port 8080 [--workers N]
 """
@@ -20,12 +22,13 @@ from email.utils import formatdate
 
 BODY = b"Hello, World!"
 REQUEST_END = b"\r\n\r\n"
+CLOSE_ASKED = b"\r\nConnection: close\r\n"
 
 
-def canned_response(now: float) -> bytes:
+def canned_response(now: float, closing: bool) -> bytes:
     head = f"HTTP/1.1 200 OK\r\nDate: {formatdate(now, usegmt=True)}\r\n"
-    head += f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    return head.encode("ascii") + BODY
+    head += f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(BODY)}\r\n"
+    return (head + ("Connection: close\r\n\r\n" if closing else "\r\n")).encode("ascii") + BODY
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -41,11 +44,11 @@ def serve(listener: socket.socket) -> None:
     epoll.register(listener.fileno(), select.EPOLLIN)
     connections: dict[int, socket.socket] = {}
     buffer = bytearray(64 * 1024)
-    second, response = 0, b""
+    second, responses = 0, (b"", b"")  # to keep the connection open, to close it
     while True:
         events = epoll.poll()
         if (now := time.time()) >= second + 1:
-            second, response = int(now), canned_response(now)
+            second, responses = int(now), (canned_response(now, False), canned_response(now, True))
         for fd, _ in events:
             if fd == listener.fileno():
                 connection, _ = listener.accept()
@@ -57,8 +60,9 @@ def serve(listener: socket.socket) -> None:
             connection = connections[fd]
             try:
                 received = connection.recv_into(buffer)
-                answers = response * buffer.count(REQUEST_END, 0, received)
-                open_still = received > 0 and connection.send(answers) == len(answers)
+                closing = buffer.find(CLOSE_ASKED, 0, received) != -1
+                answers = responses[closing] * buffer.count(REQUEST_END, 0, received)
+                open_still = received > 0 and connection.send(answers) == len(answers) and not closing
             except OSError:  # reset by the client
                 open_still = False
             if not open_still:
