@@ -364,7 +364,7 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
             if target.name in start_failures:
                 measured[key] = dataclasses.replace(measured[key], failure=start_failures[target.name])
             elif measured[key].failure is None:  # after a failed run, a measurement takes no more
-                run_number = measure(
+                this_run = measure(
                     target,
                     scenario,
                     number,
@@ -374,10 +374,12 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
                     static_dir=static_dir,
                     repeats=repeats,
                 )
-                measured[key] = combined(measured[key], run_number)
-                if not run_number.server_command:
-                    start_failures[target.name] = run_number.failure or "did not start"
-        for target in plan.targets if plan.with_idle else []:
+                measured[key] = combined(measured[key], this_run)
+                if not this_run.server_command:
+                    start_failures[target.name] = this_run.failure or "did not start"
+        for target in plan.targets:
+            if not plan.with_idle:
+                break
             if (start_failure := start_failures.get(target.name)) is not None:
                 count = settings.idle_connections
                 idle_results.append(IdleMemory(target.name, [], count, 0, 0, 0, 0.0, start_failure))

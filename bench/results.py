@@ -207,14 +207,17 @@ FIGURES: dict[str, Callable[[Run], float | None]] = {
 
 @dataclass(frozen=True)
 class Measurement:
-    """One target under one scenario: a fresh server, a warm-up, then `runs`."""
+    """One target under one scenario: its `runs`, each on a fresh server after a warm-up (in older files, one
+    server and one warm-up for all of them)."""
 
     target: str
     scenario: str
     server_command: list[str]
     wrk_command: list[str]
     runs: list[Run]
-    peak_rss_bytes: int | None  # sum of VmHWM over the server's process tree, warm-up included
+    peak_rss_bytes: (
+        int | None
+    )  # sum of VmHWM over the server's process tree, warm-up included; of the runs', the highest
     failure: str | None = None  # why the measurement stopped early, if it did
     discarded_runs: list[Run] = field(default_factory=list)  # noisy runs that were repeated
     not_served: str | None = None  # why the target was not measured: it does not serve what the scenario asks
