@@ -350,6 +350,10 @@ def open_listeners(host: str, port: int, model: str, worker_count: int) -> list[
     """The listening sockets: one per worker for reuseport, all on the port the first one got; else one."""
     if model != "reuseport":
         return [create_listener(host, port)]
+    if port != 0:
+        # SO_REUSEPORT lets any socket of the same user join a port: a second server of ours would share the
+        # first one's clients, and a busy port would go unnoticed. A plain listener fails there as usual.
+        create_listener(host, port).close()
     listeners = [create_listener(host, port, reuse_port=True)]
     port = listeners[0].getsockname()[1]  # with --port 0: the port the kernel chose, for the others too
     for _ in range(worker_count - 1):

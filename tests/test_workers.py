@@ -529,21 +529,7 @@ def test_zero_workers_is_a_usage_error(phase: Phase) -> None:
     assert "--workers" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize(
-    "model",
-    [
-        pytest.param(
-            "reuseport",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="phase 5 bug, reported to the lead: a SO_REUSEPORT bind joins the first server's"
-                " port; the fix binds a socket without SO_REUSEPORT first, which fails on a port in use",
-            ),
-        ),
-        "shared",
-        "threads",
-    ],
-)
+@pytest.mark.parametrize("model", ["reuseport", "shared", "threads"])
 def test_a_port_another_server_of_ours_listens_on_is_busy(
     start_server: Callable[..., RunningServer], phase: Phase, model: str
 ) -> None:
