@@ -211,8 +211,11 @@ def test_accepting_resumes_after_running_out_of_descriptors_with_no_connection_o
     pids = [process.pid for process in server.processes()]
     limits = {pid: resource.prlimit(pid, resource.RLIMIT_NOFILE) for pid in pids}
     for pid in pids:
-        in_use = len(os.listdir(f"/proc/{pid}/fd"))
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use, limits[pid][1]))  # not one fd more
+        # The limit bounds descriptor numbers, and a new one takes the lowest free number: that lowest free
+        # number is "not one fd more" (a worker's fds have gaps, where the supervisor's numbering left them).
+        in_use = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        lowest_free = min(set(range(len(in_use) + 1)) - in_use)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, limits[pid][1]))
     try:
         with HttpClient(server, timeout=5) as client:
             client.send(get("/"))  # the kernel completes the handshake; the server's accept() fails
