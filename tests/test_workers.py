@@ -175,6 +175,8 @@ class Load:
             except (OSError, http.client.HTTPException) as error:
                 with self.lock:
                     self.failures.append(Failure(port, repr(error)))
+                if client is None:  # refused (a server that stops): retry, but not in a tight loop
+                    time.sleep(0.01)
                 client = self.close(client)
             if not self.keep_alive:
                 client = self.close(client)
