@@ -150,12 +150,6 @@ class RunningServer(PhaseProcess):
                 continue
         return total
 
-    def stderr_so_far(self) -> str:
-        """What the server has written to stderr until now, while it runs (stop() reads it all at the end).
-        PhaseProcess sends stderr to a file: read it again from the start, without moving its offset."""
-        size = os.fstat(self._stderr_file.fileno()).st_size
-        return os.pread(self._stderr_file.fileno(), size, 0).decode(errors="replace")
-
 
 def start_phase(phase: Phase, *args: str) -> RunningServer:
     """Start a phase on a free port; wait (on its stdout, never by sleeping) for `listening on HOST:PORT`.

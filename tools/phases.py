@@ -161,6 +161,12 @@ class PhaseProcess:
             self._stderr_file.close()
         return self.process.returncode
 
+    def stderr_so_far(self) -> str:
+        """What the server has written to stderr until now, while it runs (stop() reads it all at the end):
+        the file read again from its start, without moving its offset."""
+        size = os.fstat(self._stderr_file.fileno()).st_size
+        return os.pread(self._stderr_file.fileno(), size, 0).decode(errors="replace")
+
     def failure(self) -> str | None:
         """Once stopped: why the exit was not clean (a non-zero status, or a traceback on stderr), or None."""
         if self.process.returncode != 0:
