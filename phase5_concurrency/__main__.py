@@ -3,9 +3,7 @@
 import argparse
 import functools
 import os
-import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from .protocol import Limits
@@ -16,10 +14,9 @@ from .server import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_SHUTDOWN_TIMEOUT,
-    Server,
     serve,
 )
-from .workers import MODELS, run_worker_process, supervise
+from .workers import MODELS, ServeFunction, run_worker_process, supervise
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         max_header_count=args.max_header_count,
         max_body_bytes=args.max_body_bytes,
     )
-    serve_worker: Callable[[socket.socket, Callable[[Server], None]], int] = functools.partial(
+    serve_worker: ServeFunction = functools.partial(
         serve,
         exclusive_accept=args.model != "reuseport",  # a listener shared by all: wake one worker per client
         max_connections=args.max_connections,

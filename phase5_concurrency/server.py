@@ -64,12 +64,8 @@ DEFAULT_HIGH_WATER_MARK = 1024 * 1024
 DEFAULT_LOW_WATER_MARK = 256 * 1024
 # --8<-- [end:defaults]
 
-EPOLLIN, EPOLLOUT, EPOLLET, EPOLLEXCLUSIVE = (
-    select.EPOLLIN,
-    select.EPOLLOUT,
-    select.EPOLLET,
-    select.EPOLLEXCLUSIVE,
-)
+EPOLLIN, EPOLLOUT, EPOLLET = select.EPOLLIN, select.EPOLLOUT, select.EPOLLET
+EPOLLEXCLUSIVE = select.EPOLLEXCLUSIVE
 HANGUP = select.EPOLLHUP | select.EPOLLERR
 # accept() errors that say "the machine is out of something", not "this client failed".
 RESOURCE_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -219,7 +215,7 @@ class Server:
         self.edge_triggered = edge_triggered
         self.trigger_flag = EPOLLET if edge_triggered else 0
         # When several loops wait on one shared listener, EPOLLEXCLUSIVE wakes one of them per new client,
-        # not all (the thundering herd). The kernel then refuses to modify that registration: see accepting.
+        # not all (the thundering herd). Such a registration cannot be modified: see pause_accepting.
         self.listener_events = EPOLLIN | self.trigger_flag | (EPOLLEXCLUSIVE if exclusive_accept else 0)
         self.accepting = True
         # Signals reach the loop as bytes on this socket pair (see install_stop_handlers).
