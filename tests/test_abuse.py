@@ -574,6 +574,13 @@ def test_an_exception_in_the_event_loop_costs_one_connection(
             monkeypatch.setattr(server_module.Server, "on_writable", on_writable_with_a_bug)
             body = b"v" * (6 * 1024 * 1024)  # an answer larger than any send buffer: EPOLLOUT must follow
             victim.sendall(post_echo(body))
+            # Read only once the server has had to queue part of the answer. A reader running meanwhile (this
+            # thread, while the server thread's send() is in the kernel) can drain the socket fast enough for
+            # that one send() to take the whole answer, and then no EPOLLOUT ever comes.
+            deadline = time.monotonic() + 10
+            while not any(c.pending_output for c in list(server.connections.values())):
+                assert time.monotonic() < deadline, "the server never had to queue its answer"
+                time.sleep(0.01)
             answer, ending = read_until_closed(victim, within=5)
             monkeypatch.setattr(server_module.Server, "on_writable", real_on_writable)
         assert ending in ("eof", "reset") and len(answer) < len(body)
