@@ -209,16 +209,22 @@ def phase_costs(results: Results, targets: list[str]) -> list[str]:
             new = after.spread("server_cpu_us_per_request") if after else None
             if old is None or new is None or before is None or after is None:
                 continue
+            medians = f"{new.median:.1f} µs against {old.median:.1f} µs"
+            paired = after.ratio(before, "server_cpu_us_per_request")
+            if results.settings.interleaved and paired is not None:  # run i of one over run i of the other
+                changes = [(ratio - 1) * 100 for ratio in (paired.median, paired.low, paired.high)]
+                lines.append(
+                    f"- {later} vs {earlier}, {scenario.title}: server CPU per request {changes[0]:+.1f}%,"
+                    f" the median of the changes run by run ({changes[1]:+.1f}% to {changes[2]:+.1f}%);"
+                    f" the medians of runs: {medians}"
+                )
+                continue
             overlap = max(old.low, new.low) <= min(old.high, new.high)
             verdict = f"the two ranges of runs {'overlap' if overlap else 'do not overlap'}"
             change = (new.median / old.median - 1) * 100
-            paired = after.ratio(before, "server_cpu_us_per_request")
-            if results.settings.interleaved and paired is not None:  # run i of one over run i of the other
-                change = (paired.median - 1) * 100
-                verdict = f"{(paired.low - 1) * 100:+.1f}% to {(paired.high - 1) * 100:+.1f}% run by run"
             lines.append(
                 f"- {later} vs {earlier}, {scenario.title}: {change:+.1f}% server"
-                f" CPU per request ({new.median:.1f} µs against {old.median:.1f} µs; {verdict})"
+                f" CPU per request ({medians}; {verdict})"
             )
     return lines
 

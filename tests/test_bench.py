@@ -370,7 +370,8 @@ def test_interleaved_runs_give_each_ratio_run_by_run_with_its_spread() -> None:
     assert phase3.endswith(f"| 0.10{times} (0.10{times}{report.EN_DASH}0.20{times}) |")
     (cost,) = [line for line in lines if line.startswith("- phase4_routing vs phase3_http_parse")]
     assert cost.endswith(
-        "+10.0% server CPU per request (61.1 µs against 55.6 µs; +10.0% to +10.0% run by run)"
+        "server CPU per request +10.0%, the median of the changes run by run (+10.0% to +10.0%);"
+        " the medians of runs: 61.1 µs against 55.6 µs"
     )
     old = dataclasses.replace(interleaved, settings=base.settings)
     assert f"{times} nginx" not in report.markdown(old, pages, "test.json")
