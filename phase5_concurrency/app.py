@@ -5,8 +5,8 @@ headers, and a body that is bytes or an open `FileRange`. Handlers never touch s
 turns their responses into what the server sends: bytes, or a `FileReply` (the head as bytes, the body as a
 file range that the server hands to os.sendfile, so the file's bytes never pass through Python).
 
-The tradeoff: a handler runs on the event loop, so a slow one (or a file read that misses the page cache)
-stalls every connection while it runs. Phase 5 adds processes; an application that blocks needs threads.
+The tradeoff: a handler runs on its worker's event loop, so a slow one (or a file read that misses the page
+cache) stalls every connection of that worker while it runs; an application that blocks needs threads.
 """
 
 from __future__ import annotations

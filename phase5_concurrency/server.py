@@ -308,7 +308,7 @@ class Server:
 
     def resume_accepting(self) -> None:
         if self.draining:
-            return  # the listener is closed for good
+            return  # our descriptor of the listener is closed for good
         self.accepting = True
         # Registering also checks readiness, so clients that queued meanwhile are reported even in ET mode.
         self.epoll.register(self.listener_fd, self.listener_events)
@@ -607,8 +607,8 @@ class Server:
                 self.start_draining(name, now)
 
     def start_draining(self, reason: str, now: float) -> None:
-        """Stop accepting, close the idle connections, and give the others until the shutdown timeout to
-        finish the requests in flight, each answer with `Connection: close`."""
+        """Stop accepting, give idle connections DRAIN_GRACE to send a last request, and the others until the
+        shutdown timeout to finish the requests in flight, each answer with `Connection: close`."""
         self.draining = True
         self.stop_deadline = now + self.shutdown_timeout
         if self.accepting:
@@ -685,8 +685,9 @@ def serve(
         try:
             server.serve_forever()
         finally:
-            # Stopped: later signals stay blocked until we have exited. As the interpreter exits it restores
-            # the default handlers, and a default SIGTERM would kill us half-way (exit status -15).
+            # Stopped: later signals stay blocked until we have exited (in a worker process; a thread blocks
+            # them for itself only). As the interpreter exits it restores the default handlers, and a default
+            # SIGTERM would kill us half-way (exit status -15).
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             server.shutdown()
     return 0

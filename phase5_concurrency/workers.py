@@ -15,8 +15,9 @@ Connections reach the workers by one of three models, for the chapter to measure
   shared     one listener for all: every worker waits on it with EPOLLEXCLUSIVE, so one wakes per client.
   threads    one process, one loop per thread, one shared listener: the GIL lets one thread run Python at a
              time, so this model shows what processes buy.
-The tradeoff accepted: workers share nothing but the sockets. Each is a fresh interpreter (started with
-`python -m`, so a restart also loads new code), with its own memory and its own copy of every cache.
+The tradeoff accepted: workers share nothing but the sockets. Each worker process is a fresh interpreter
+(started with `python -m`, so a restart also loads new code; threads run the code the supervisor loaded),
+with its own memory and its own copy of every cache.
 """
 
 import ctypes
