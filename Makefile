@@ -18,7 +18,7 @@ ROOT_CONFTEST := conftest.py
 export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser bench-router \
-	bench-sendfile bench-abuse bench-workers flame \
+	bench-sendfile bench-abuse bench-workers bench-ablation bench-costs flame \
 	mutation system-tools bench-tools clean
 
 run:  ## serve the newest phase on $(HOST):$(PORT)
@@ -34,16 +34,19 @@ $(DOCS_STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check '.[docs]'
 	rm -f $(VENV)/.installed-docs-* && touch $@
 
-# wrk is a Debian package: installed when we are root (as CI is), otherwise the tests that need it say so.
+# wrk (the load) and strace (bench-costs) are Debian packages: installed when we are root (as CI is),
+# otherwise the tests that need them say so.
 system-tools:
-	@if ! command -v wrk >/dev/null; then \
+	@missing=""; \
+	for tool in wrk strace; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
-	  else echo "note: wrk is not installed (apt-get install wrk); the tests that need it will skip"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: not installed:$$missing (apt-get install$$missing); the tests that need them will skip"; fi; \
 	fi
 
-# The benchmark's peers: nginx, and the crate sources of the Rust hyper server. Installed when we are root;
-# otherwise the harness skips each peer whose tool is missing and prints why.
+# The benchmark's peers: nginx, and the crate sources of the Rust hyper server.
+# Installed when we are root; otherwise the harness skips each peer whose tool is missing and prints why.
 bench-tools: system-tools
 	@missing=""; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
@@ -109,6 +112,12 @@ bench-abuse: $(STAMP)  ## the attacks of chapter 3, before and after its defence
 
 bench-workers: $(STAMP) system-tools  ## phase 5: the three models, kill -9, SIGTERM, SIGHUP, the SO_REUSEPORT trap
 	$(PY) -m bench.workers --publish
+
+bench-ablation: $(STAMP) bench-tools  ## phase 6: each optimisation turned off in turn, one run
+	$(PY) -m bench.ablation --publish
+
+bench-costs: $(STAMP) bench-tools  ## phase 5, phase 6, the floor: user and system CPU, system calls, per request
+	$(PY) -m bench.costs --publish
 
 flame: $(STAMP) system-tools  ## a flamegraph of $(PHASE) under load, published in docs/assets/flame/
 	$(PY) -m bench.flame --phase $(PHASE) --publish

@@ -229,6 +229,27 @@ def phase_costs(results: Results, targets: list[str]) -> list[str]:
     return lines
 
 
+def peer_ratios(results: Results, phase: str) -> list[str]:
+    """A row per peer, a column per `GET /` scenario: the phase's requests per server CPU-second over the
+    peer's, run i over run i, median (lowest to highest)."""
+    scenarios = [scenario for scenario in results.scenarios if scenario.needs is None]
+    rows = []
+    for info in results.targets:
+        if info.kind != "peer":
+            continue
+        cells = []
+        for scenario in scenarios:
+            ours, theirs = (
+                results.measurement(phase, scenario.name),
+                results.measurement(info.name, scenario.name),
+            )
+            paired = ours.ratio(theirs, "requests_per_server_cpu_s") if ours and theirs else None
+            cells.append(with_range(paired, lambda value: f"{value:.2f}\N{MULTIPLICATION SIGN}"))
+        rows.append([info.name, *cells])
+    header = ["against", *(scenario.name for scenario in scenarios)]
+    return _table(rows, header) if rows else []
+
+
 def idle_table(results: Results, targets: list[str]) -> list[str]:
     found = [idle for name in targets if (idle := results.idle_for(name)) is not None]
     found.sort(key=lambda idle: idle.bytes_per_connection or float("inf"))
@@ -329,6 +350,16 @@ def markdown(results: Results, targets: list[str], source: str) -> str:
         if scenario.pipeline_depth > 1:
             lines += ["", "wrk times a pipelined batch as one request, so latency is not reported here."]
         lines.append("")
+    if len(targets) > 1 and results.is_phase(targets[0]) and (ratios := peer_ratios(results, targets[0])):
+        lines += [
+            f"#### {targets[0]} against each peer",
+            "",
+            "Requests per server CPU-second of the phase over the peer's, run i over run i: the median of the"
+            " runs' ratios (lowest to highest). Above 1, the phase serves a request for less CPU.",
+            "",
+            *ratios,
+            "",
+        ]
     if any(results.idle_for(name) for name in targets):
         connections = results.settings.idle_connections
         lines += [f"#### Memory with {connections:,} idle keep-alive connections", ""]

@@ -501,7 +501,9 @@ def test_a_worker_that_keeps_dying_young_is_replaced_after_growing_delays(
             server, rf"\(pid {worker}\): killed by SIGKILL; its replacement starts in (.+) s$", after=mark
         )
         delays.append(float(died.group(1)))
-        started = wait_for_log(server, r"^supervisor: worker 0 \(pid (\d+)\): started$", after=mark)
+        started = wait_for_log(
+            server, r"^supervisor: worker 0 \(pid (\d+)\): started(?: on CPU \d+)?$", after=mark
+        )
         waited.append(time.monotonic() - killed_at)
         worker = int(started.group(1))
         wait_for_log(server, rf"^supervisor: worker 0 \(pid {worker}\): ready$", after=mark)

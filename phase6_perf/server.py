@@ -1,0 +1,724 @@
+"""An HTTP/1.1 server on the epoll loop: keep-alive, pipelining, bodies, limits, timeouts, files by sendfile.
+
+The event loop is the echo server's. What changes is what happens to the bytes: each connection feeds them
+to its own sans-I/O parser (protocol.py), answers every complete request in order, and closes when the
+protocol, a limit or a timeout says so. Closing is the subtle part: a server that closes while the client
+is still sending makes the kernel answer with a reset, which can destroy the response the client has not
+read yet, so we half-close and drain first (a "lingering close"). Stopping is closing for everyone at once:
+a signal makes the loop drain (no new clients, requests in flight finished) instead of dropping them. The
+application (app.py) answers each request with bytes, or with a head and a file that we send with
+os.sendfile, one file at a time per connection: the kernel copies it to the socket, Python never sees it.
+
+Every timeout measures the client, never the server: a head must arrive within the header timeout, a body
+at a minimum rate, and neither clock runs while the server itself has stopped reading (backpressure). And no
+input, nor any bug it finds, may stop the server: an exception while serving one connection costs that
+connection alone.
+
+This loop is one worker: it serves on a listening socket that the supervisor (workers.py) opened and handed
+in, and says when it is ready. Several loops, each in its own process (or thread), serve the same port.
+"""
+
+import errno
+import gc
+import os
+import resource
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from .app import Application, FileRange, FileReply, build_application
+from .protocol import (
+    CONTINUE_RESPONSE,
+    SHARED_CAPACITY,
+    HttpError,
+    Limits,
+    RequestParser,
+    error_response,
+)
+
+# --8<-- [start:defaults]
+LISTEN_BACKLOG = 1024
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_LIMITS = Limits()
+# A client has this long to send a whole request head, however it trickles the bytes (slowloris), counted
+# from its first byte, or from accept() for the first request of a connection.
+DEFAULT_HEADER_TIMEOUT = 10.0
+# A body has this long from the end of its head, plus a second for every DEFAULT_BODY_MIN_RATE bytes that
+# arrive, but never more than this much ahead (Apache's mod_reqtimeout default: body=20,MinRate=500).
+DEFAULT_BODY_TIMEOUT = 20.0
+DEFAULT_BODY_MIN_RATE = 500  # bytes per second
+# After SIGTERM or SIGINT, how long requests in flight have to finish before they are cut.
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+# After a stop signal, how long an idle connection has to send one last request before it is closed.
+DRAIN_GRACE = 1.0
+# After an answer that ends the connection, how long we keep draining what the client still sends.
+LINGER_TIMEOUT = 2.0
+# Backpressure: stop reading from a client that has this much of our output still unread...
+DEFAULT_HIGH_WATER_MARK = 1024 * 1024
+# ...and read again once its pending output has drained below this. The gap keeps us from flapping.
+DEFAULT_LOW_WATER_MARK = 256 * 1024
+# --8<-- [end:defaults]
+
+EPOLLIN, EPOLLOUT, EPOLLET = select.EPOLLIN, select.EPOLLOUT, select.EPOLLET
+EPOLLEXCLUSIVE = select.EPOLLEXCLUSIVE
+HANGUP = select.EPOLLHUP | select.EPOLLERR
+# accept() errors that say "the machine is out of something", not "this client failed".
+RESOURCE_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Which strict deadline a connection's `strict_deadline` is: the clock that runs on it now.
+NO_CLOCK, HEAD_CLOCK, BODY_CLOCK, LINGER_CLOCK = range(4)
+
+
+# --8<-- [start:stop]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _wake_the_loop(signum: int, frame: FrameType | None) -> None:
+    """Nothing to do here: the signal's number is already on its way to the loop through the wakeup fd."""
+
+
+def install_stop_handlers(wakeup_fd: int) -> None:
+    # Python's C-level handler writes each signal's number to wakeup_fd, which the loop watches with epoll
+    # like any socket: a stop is then handled between two events, never half-way through one (a handler that
+    # raised could unwind the server from anywhere, even from the middle of a close). The Python-level
+    # handler has nothing left to do, but it must exist: the default action of SIGTERM is to kill us.
+    signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _wake_the_loop)
+
+
+def log_exception(what: str) -> None:
+    """One log entry on stderr: what happened, then the traceback of the exception being handled."""
+    print(f"{what}:\n{traceback.format_exc()}", end="", file=sys.stderr, flush=True)
+
+
+# --8<-- [end:stop]
+
+
+# --8<-- [start:listen]
+def create_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # Without SO_REUSEADDR a restarted server cannot bind its port while old connections sit in TIME_WAIT.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        # Several sockets may then listen on one port, each with its own queue: the kernel hashes every new
+        # connection to one of them (workers.py opens one per worker).
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((host, port))
+    # The kernel completes handshakes on its own and queues up to LISTEN_BACKLOG clients for accept().
+    listener.listen(LISTEN_BACKLOG)
+    # accept() on an empty queue now fails with EAGAIN (BlockingIOError) instead of waiting.
+    listener.setblocking(False)
+    return listener
+
+
+# --8<-- [end:listen]
+
+
+# --8<-- [start:rlimit]
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return (old soft limit, new soft limit)."""
+    # Every connection is a file descriptor, and the usual soft limit of 1024 would cap us near 1000 clients.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1024 * 1024
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        return soft, wanted
+    return soft, soft
+
+
+# --8<-- [end:rlimit]
+
+
+# --8<-- [start:connection]
+class Connection:
+    """What we know about one client between two events: everything a blocking server kept on its stack."""
+
+    # __slots__: no per-object __dict__, so ten thousand idle connections cost ten thousand small objects.
+    __slots__ = (
+        "clock",
+        "closing",
+        "deadline",
+        "fd",
+        "interest",
+        "parser",
+        "peer_closed",
+        "pending_file",
+        "pending_output",
+        "reading",
+        "sock",
+        "strict_deadline",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        deadline: float,
+        head_deadline: float,
+        limits: Limits,
+        shared_buffer: bytearray | None = None,
+    ) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.pending_output = bytearray()  # bytes the kernel would not take yet, in order
+        self.pending_file: FileRange | None = None  # a file body, sent once pending_output is
+        self.reading = True  # False while backpressure pauses reading, or once the client stopped sending
+        self.peer_closed = False  # recv() returned 0: the client shut down its sending side
+        self.interest = EPOLLIN  # the events epoll watches for on this socket now
+        self.deadline = deadline  # close the connection if nothing happens on it before this time
+        # A deadline that activity does not push back (the header and body timeouts, the lingering close),
+        # and which of them it is. The first head's clock starts now, at accept().
+        self.strict_deadline: float | None = head_deadline
+        self.clock = HEAD_CLOCK
+        # Receives into the loop's shared buffer, and owns a buffer only while it holds bytes not yet parsed.
+        self.parser = RequestParser(limits, shared_buffer)
+        self.closing = False  # the answer that ends this connection is queued: read nothing more into it
+
+
+# --8<-- [end:connection]
+
+
+class Server:
+    """The event loop: one epoll instance, one listener, a dict of connections by file descriptor."""
+
+    def __init__(
+        self,
+        listener: socket.socket,
+        *,
+        application: Application | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        body_min_rate: int = DEFAULT_BODY_MIN_RATE,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
+        high_water_mark: int = DEFAULT_HIGH_WATER_MARK,
+        low_water_mark: int = DEFAULT_LOW_WATER_MARK,
+        edge_triggered: bool = False,
+        exclusive_accept: bool = False,
+        shared_buffer: bool = True,
+    ) -> None:
+        self.listener = listener
+        self.listener_fd = listener.fileno()
+        self.application = application if application is not None else build_application()
+        self.epoll = select.epoll()
+        self.connections: dict[int, Connection] = {}
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.body_min_rate = body_min_rate
+        self.shutdown_timeout = shutdown_timeout
+        self.limits = limits
+        # One receive buffer for every connection of this loop, which serves one connection at a time: an
+        # idle connection then holds no buffer (its parser keeps bytes only while a request is incomplete).
+        self.shared_buffer = bytearray(SHARED_CAPACITY) if shared_buffer else None
+        # Check deadlines ten times per timeout: a connection closes at most 10% late, for one O(n) scan.
+        self.sweep_interval = min(idle_timeout / 10, header_timeout / 10, body_timeout / 10, 1.0)
+        self.next_sweep = 0.0
+        self.high_water_mark = high_water_mark
+        self.low_water_mark = low_water_mark
+        self.edge_triggered = edge_triggered
+        self.trigger_flag = EPOLLET if edge_triggered else 0
+        # When several loops wait on one shared listener, EPOLLEXCLUSIVE wakes one of them per new client,
+        # not all (the thundering herd). Such a registration cannot be modified: see pause_accepting.
+        self.listener_events = EPOLLIN | self.trigger_flag | (EPOLLEXCLUSIVE if exclusive_accept else 0)
+        self.accepting = True
+        # Signals reach the loop as bytes on this socket pair (see install_stop_handlers).
+        self.wakeup_reader, self.wakeup_writer = socket.socketpair()
+        self.wakeup_reader.setblocking(False)
+        self.wakeup_writer.setblocking(False)
+        self.running = True
+        self.draining = False  # a stop signal came: no new clients, and every answer is a connection's last
+        self.stop_deadline = 0.0
+
+    # --8<-- [start:loop]
+    def serve_forever(self) -> None:
+        """Serve until a stop signal: the first drains the server, the second (or the shutdown timeout) ends
+        it at once."""
+        self.epoll.register(self.listener_fd, self.listener_events)
+        self.epoll.register(self.wakeup_reader.fileno(), EPOLLIN)
+        while self.running:
+            try:
+                self.poll_once()
+            except Exception:
+                # The last resort, for a bug outside any one connection (accepting, the sweep): log it and
+                # serve on. Level-triggered epoll reports again what this batch of events left unhandled.
+                log_exception("unexpected error in the event loop, which serves on")
+
+    def poll_once(self) -> None:
+        connections = self.connections
+        # EINTR needs no handling: Python retries poll() after a signal handler that does not raise.
+        events = self.epoll.poll(self.sweep_interval)
+        now = time.monotonic()
+        for fd, mask in events:
+            if fd == self.listener_fd:
+                self.accept_clients(now)
+                continue
+            connection = connections.get(fd)
+            if connection is None:  # the wakeup socket, or a connection closed earlier in this batch
+                if fd == self.wakeup_reader.fileno():
+                    self.on_stop_signal(now)
+                continue
+            try:
+                if mask & HANGUP:  # reset, or both directions shut: nobody is left to answer
+                    self.close(connection)
+                    continue
+                connection.deadline = now + self.idle_timeout
+                if mask & EPOLLIN:
+                    self.on_readable(connection)
+                if mask & EPOLLOUT and fd in connections:
+                    self.on_writable(connection)
+            except Exception:
+                # A bug met while serving this connection costs this connection alone. Out here we cannot
+                # know whether an answer is half-sent, so a 500 could corrupt the stream: close is all.
+                log_exception(f"unexpected error serving connection fd {fd}, which is closed")
+                self.close(connection)
+        if now >= self.next_sweep:
+            self.close_idle_connections(now)
+        if self.draining and (not connections or now >= self.stop_deadline):
+            self.running = False
+
+    # --8<-- [end:loop]
+
+    # --8<-- [start:accept]
+    def accept_clients(self, now: float) -> None:
+        # One wakeup may stand for many queued clients: accept until EAGAIN says the queue is empty.
+        while True:
+            if len(self.connections) >= self.max_connections:
+                self.pause_accepting()
+                return
+            try:
+                sock, _address = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in RESOURCE_EXHAUSTED:
+                    # Out of fds or memory: accepting again at once would spin. Wait for a close.
+                    print(f"accept failed ({errno.errorcode[error.errno]}); pausing", file=sys.stderr)
+                    self.pause_accepting()
+                    return
+                continue  # ECONNABORTED and the like: that client gave up, try the next
+            sock.setblocking(False)  # an accepted socket does not inherit O_NONBLOCK from the listener
+            # Each response leaves in one send(); Nagle would hold back the next one behind a delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            deadline, head_deadline = now + self.idle_timeout, now + self.header_timeout
+            connection = Connection(sock, deadline, head_deadline, self.limits, self.shared_buffer)
+            self.connections[connection.fd] = connection
+            self.epoll.register(connection.fd, EPOLLIN | self.trigger_flag)
+
+    def pause_accepting(self) -> None:
+        # Clients keep queueing in the kernel's backlog while we do not watch the listener (or, when it is
+        # shared, other workers take them). Unregister, not modify: an EPOLLEXCLUSIVE registration cannot be.
+        self.accepting = False
+        self.epoll.unregister(self.listener_fd)
+
+    def resume_accepting(self) -> None:
+        if self.draining:
+            return  # our descriptor of the listener is closed for good
+        self.accepting = True
+        # Registering also checks readiness, so clients that queued meanwhile are reported even in ET mode.
+        self.epoll.register(self.listener_fd, self.listener_events)
+
+    # --8<-- [end:accept]
+
+    # --8<-- [start:read]
+    def on_readable(self, connection: Connection) -> None:
+        # Level-triggered, one recv per wakeup is enough: epoll reports the socket again if bytes are left.
+        # Edge-triggered, epoll reports only new arrivals, so we must read until EAGAIN or strand the rest.
+        try:
+            while connection.reading:
+                try:
+                    # Straight into the buffer where the bytes will be parsed (the shared one, or the
+                    # parser's own while it holds part of a request): no copy on the way.
+                    with connection.parser.receive_buffer() as room:
+                        count = connection.sock.recv_into(room)
+                except BlockingIOError:
+                    return  # EAGAIN: nothing more to read for now
+                except OSError:
+                    self.close(connection)  # ECONNRESET and the like: the client is gone
+                    return
+                if count == 0:
+                    self.on_peer_closed(connection)
+                    return
+                self.on_data(connection, count)
+                if not self.edge_triggered:
+                    return
+        finally:
+            # The shared buffer is the next connection's: what this one has not parsed moves to its own.
+            connection.parser.keep_unconsumed_bytes()
+
+    def on_data(self, connection: Connection, count: int) -> None:
+        connection.parser.received(count)  # a closing connection's parser drops the bytes: we drain
+        if not connection.closing:
+            self.process_requests(connection)
+            self.time_request(connection, count)
+
+    def on_peer_closed(self, connection: Connection) -> None:
+        # A half-close (shutdown(SHUT_WR)) still expects its answers: finish sending, then close.
+        connection.peer_closed = True
+        connection.reading = False
+        if connection.pending_output or connection.pending_file is not None:
+            self.update_interest(connection)
+        else:
+            self.close(connection)
+
+    # --8<-- [end:read]
+
+    # --8<-- [start:clocks]
+    def time_request(self, connection: Connection, count: int) -> None:
+        """Start, move or stop the strict deadline of the request in progress, after `count` new bytes."""
+        if connection.closing:
+            return  # the lingering close has its own deadline
+        parser = connection.parser
+        if not connection.reading:  # backpressure: it is we who stopped reading, so no clock runs
+            connection.clock, connection.strict_deadline = NO_CLOCK, None
+        elif parser.reading_head:
+            # A head has header_timeout from its first byte, an empty line included; more bytes do not push
+            # the deadline back (slowloris).
+            if connection.clock != HEAD_CLOCK:
+                connection.clock = HEAD_CLOCK
+                connection.strict_deadline = time.monotonic() + self.header_timeout
+        elif parser.reading_body:
+            # A body earns 1/body_min_rate s for every byte, up to body_timeout ahead: a client that trickles
+            # runs out of time, one that pauses after sending fast has body_timeout at most.
+            now = time.monotonic()
+            if connection.clock != BODY_CLOCK or connection.strict_deadline is None:
+                connection.clock, connection.strict_deadline = BODY_CLOCK, now + self.body_timeout
+            else:
+                earned = connection.strict_deadline + count / self.body_min_rate
+                connection.strict_deadline = min(earned, now + self.body_timeout)
+        else:
+            connection.clock, connection.strict_deadline = NO_CLOCK, None
+
+    # --8<-- [end:clocks]
+
+    # --8<-- [start:requests]
+    def process_requests(self, connection: Connection) -> None:
+        """Answer every complete request the parser holds, in order, then send the answers in one go."""
+        parser = connection.parser
+        responses = []
+        # Pipelining: one read may hold many requests. Stop at a closing one, or when the client is not
+        # reading our answers (backpressure): the rest waits, unparsed, in the parser.
+        while not connection.closing and self.has_room_for_output(connection):
+            try:
+                request = parser.next_request()
+                if request is None:
+                    if parser.take_continue():  # the client waits for our go-ahead before sending the body
+                        responses.append(CONTINUE_RESPONSE)
+                    break
+                if self.draining and request.keep_alive:
+                    request.keep_alive = False  # stopping: this answer is the connection's last, and says so
+                    parser.close()
+                reply = self.application.respond(request)
+                if isinstance(reply, FileReply):
+                    responses.append(reply.head)
+                    connection.pending_file = reply.body  # parsing pauses until it is sent: see below
+                else:
+                    responses.append(reply)
+            except HttpError as error:
+                responses.append(error_response(error))
+                connection.closing = True
+                break
+            except Exception:
+                # A bug, in the parser or the application, costs this connection alone: the answers before
+                # it are whole and go out first, the request that met it gets a 500, then we close.
+                log_exception(f"unexpected error answering a request on connection fd {connection.fd}")
+                responses.append(error_response(HttpError(500, "unexpected error")))
+                connection.closing = True
+                parser.close()
+                break
+            if not request.keep_alive:
+                connection.closing = True
+        if responses:
+            connection.clock = NO_CLOCK  # a head is complete: the next one starts its own clock
+            connection.strict_deadline = None
+            self.send(connection, b"".join(responses))
+        if connection.pending_file is not None and not connection.pending_output:
+            self.send_file(connection)  # its head is out: the body follows
+        all_sent = not connection.pending_output and connection.pending_file is None
+        if connection.closing and all_sent and connection.fd in self.connections:
+            self.linger(connection)
+
+    # --8<-- [end:requests]
+
+    # --8<-- [start:write]
+    def send(self, connection: Connection, data: bytes) -> None:
+        """Send now what the kernel takes, queue the rest behind what is already waiting."""
+        if not connection.pending_output and connection.pending_file is None:
+            # Fast path: nothing queued, so hand the bytes straight to the kernel; it usually takes them all.
+            try:
+                sent = connection.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close(connection)  # EPIPE, ECONNRESET: the client is gone
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        connection.pending_output += data
+        self.update_interest(connection)
+
+    def on_writable(self, connection: Connection) -> None:
+        if connection.pending_output:
+            try:
+                sent = connection.sock.send(connection.pending_output)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close(connection)
+                return
+            # Deleting from the front of a bytearray is cheap in CPython: it moves an offset, not the bytes.
+            del connection.pending_output[:sent]
+            if connection.pending_output:
+                self.update_interest(connection)
+                return
+        if connection.pending_file is not None and not self.send_file(connection):
+            return  # the socket is full again, or the client is gone
+        if connection.closing:
+            self.linger(connection)
+            return
+        # Drained: answer the pipelined requests that backpressure left waiting in the parser.
+        self.process_requests(connection)
+        if connection.fd not in self.connections:
+            return
+        if connection.peer_closed and not connection.pending_output and connection.pending_file is None:
+            self.close(connection)
+        else:
+            self.update_interest(connection)
+
+    # --8<-- [end:write]
+
+    # --8<-- [start:sendfile]
+    def send_file(self, connection: Connection) -> bool:
+        """Send the pending file body: True once it is all sent, False if the socket is full (EPOLLOUT will
+        call again) or the connection had to close."""
+        # os.sendfile copies from the page cache to the socket inside the kernel: no read() into a Python
+        # buffer, no send() out of it. The cost that remains: bytes not in the page cache are read from the
+        # disk while the whole loop waits (nginx can hand such reads to threads; io_uring makes them async).
+        body = connection.pending_file
+        assert body is not None
+        while body.length:
+            try:
+                sent = os.sendfile(connection.fd, body.fd, body.offset, body.length)
+            except BlockingIOError:
+                self.update_interest(connection)  # the socket is full: EPOLLOUT says when to go on
+                return False
+            except OSError:  # EPIPE, ECONNRESET: the client is gone; EIO: the file is
+                self.close(connection)
+                return False
+            if sent == 0:  # the file shrank since we promised its length: the response cannot be finished
+                self.close(connection)
+                return False
+            body.offset += sent
+            body.length -= sent
+        os.close(body.fd)
+        connection.pending_file = None
+        return True
+
+    # --8<-- [end:sendfile]
+
+    # --8<-- [start:backpressure]
+    def has_room_for_output(self, connection: Connection) -> bool:
+        """Backpressure's one test: below the high-water mark we parse and read; at or above it, neither.
+        A file being sent counts as full: the next answer waits for it, which keeps the answers in order."""
+        return connection.pending_file is None and len(connection.pending_output) < self.high_water_mark
+
+    def update_interest(self, connection: Connection) -> None:
+        """Watch for EPOLLOUT only while output is pending; pause reading at the high-water mark."""
+        pending = len(connection.pending_output)
+        if connection.reading and not self.has_room_for_output(connection):
+            connection.reading = False  # this client does not read our answers: stop reading what it sends
+            self.time_request(connection, 0)
+        elif not connection.reading and not connection.peer_closed and pending < self.low_water_mark:
+            connection.reading = connection.pending_file is None  # a file being sent still counts as full
+            if connection.reading:
+                self.time_request(connection, 0)
+        sending = pending or connection.pending_file is not None
+        interest = (EPOLLIN if connection.reading else 0) | (EPOLLOUT if sending else 0)
+        if interest != connection.interest:  # epoll_ctl is a system call: make it only on a change
+            connection.interest = interest
+            self.epoll.modify(connection.fd, interest | self.trigger_flag)
+
+    # --8<-- [end:backpressure]
+
+    # --8<-- [start:close]
+    def linger(self, connection: Connection) -> None:
+        """Half-close after the last answer, then drain what the client still sends until it closes too."""
+        if connection.peer_closed:
+            self.close(connection)
+            return
+        try:
+            # FIN after our last byte: the client reads the whole answer, then end of stream. A plain close()
+            # with its unread bytes in our receive queue would send RST, which can destroy that answer.
+            connection.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(connection)
+            return
+        connection.reading = True
+        connection.clock = LINGER_CLOCK
+        connection.strict_deadline = time.monotonic() + LINGER_TIMEOUT
+        self.update_interest(connection)
+
+    def close(self, connection: Connection) -> None:
+        if self.connections.get(connection.fd) is not connection:
+            return  # closed already (an error path may close twice)
+        del self.connections[connection.fd]
+        connection.reading = False  # ends an edge-triggered read loop that is still running on it
+        if connection.pending_file is not None:  # a file answer cut short: its descriptor is ours to close
+            os.close(connection.pending_file.fd)
+            connection.pending_file = None
+        # Closing the only descriptor of a socket also removes it from epoll: no unregister call needed.
+        connection.sock.close()
+        if not self.accepting:
+            self.resume_accepting()
+
+    def close_idle_connections(self, now: float) -> None:
+        # A client that neither sends nor reads holds a descriptor and a slot: reclaim both after a while.
+        for connection in list(self.connections.values()):
+            if connection.strict_deadline is not None and connection.strict_deadline <= now:
+                self.on_strict_deadline(connection)
+            elif connection.deadline <= now:
+                self.close(connection)
+        if not self.accepting and len(self.connections) < self.max_connections:
+            # Paused for lack of fds or memory with no connection left to close: a close cannot resume us.
+            self.resume_accepting()
+        self.next_sweep = now + self.sweep_interval
+
+    def on_strict_deadline(self, connection: Connection) -> None:
+        if connection.closing:
+            self.close(connection)  # the lingering close is over, drained or not
+            return
+        if connection.clock == HEAD_CLOCK and not connection.parser.reading_head:
+            self.close(connection)  # a client that connected and never sent a byte: no answer to give
+            return
+        # A request head or body did not arrive in time: tell the client so, then close.
+        part = "head" if connection.clock == HEAD_CLOCK else "body"
+        connection.closing = True
+        connection.parser.close()
+        self.send(connection, error_response(HttpError(408, f"request {part} not received in time")))
+        if connection.fd in self.connections and not connection.pending_output:
+            self.linger(connection)
+
+    # --8<-- [end:close]
+
+    # --8<-- [start:drain]
+    def on_stop_signal(self, now: float) -> None:
+        """SIGINT or SIGTERM woke the loop: the first drains the server, the second stops it at once."""
+        try:
+            signal_numbers = self.wakeup_reader.recv(64)
+        except BlockingIOError:
+            return
+        for signum in signal_numbers:
+            name = signal.Signals(signum).name
+            if self.draining:
+                print(f"{name} again: stopping now", file=sys.stderr, flush=True)
+                self.running = False
+            else:
+                self.start_draining(name, now)
+
+    def start_draining(self, reason: str, now: float) -> None:
+        """Stop accepting, give idle connections DRAIN_GRACE to send a last request, and the others until the
+        shutdown timeout to finish the requests in flight, each answer with `Connection: close`."""
+        self.draining = True
+        self.stop_deadline = now + self.shutdown_timeout
+        if self.accepting:
+            self.epoll.unregister(self.listener_fd)
+        # Our descriptor of it: the supervisor holds another, so the socket and its queue of clients live on
+        # for the other workers (closing the last descriptor of a listener resets the clients queued on it).
+        self.listener.close()
+        self.listener_fd = -1
+        for connection in list(self.connections.values()):
+            if connection.closing or connection.parser.has_partial_request:
+                continue  # its last answer is queued already, or will say `Connection: close`
+            if connection.pending_output or connection.pending_file is not None:
+                connection.closing = True  # between two requests: close once its answers are sent
+                connection.parser.close()
+            else:
+                # Idle between two requests, or new. Closing it now would fail a request that is on its way
+                # (the client cannot know we are leaving): it has DRAIN_GRACE to send one, answered with
+                # `Connection: close`; the sweep closes it after that.
+                connection.deadline = min(connection.deadline, now + DRAIN_GRACE)
+        print(
+            f"{reason}: draining {len(self.connections)} connection(s) for at most {self.shutdown_timeout} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def shutdown(self) -> None:
+        """Close what is left (connections the shutdown timeout, or a second signal, cut short)."""
+        if self.connections:
+            print(f"stopping: {len(self.connections)} connection(s) cut", file=sys.stderr, flush=True)
+        for connection in list(self.connections.values()):
+            self.close(connection)
+        self.epoll.close()
+        self.wakeup_reader.close()
+        self.wakeup_writer.close()
+
+    # --8<-- [end:drain]
+
+
+# --8<-- [start:serve]
+def serve(
+    listener: socket.socket,
+    ready: Callable[[Server], None],
+    *,
+    exclusive_accept: bool = False,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    body_min_rate: int = DEFAULT_BODY_MIN_RATE,
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    limits: Limits = DEFAULT_LIMITS,
+    edge_triggered: bool = False,
+    static_dir: Path | None = None,
+    shared_buffer: bool = True,
+    cache_responses: bool = True,
+    freeze_gc: bool = True,
+) -> int:
+    """Serve on `listener`, which the supervisor opened, until a stop; return the exit status, 0. The
+    supervisor checked the address and the static directory: a worker has nothing left that can fail."""
+    with listener:
+        server = Server(
+            listener,
+            application=build_application(static_dir, cache_responses=cache_responses),
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            header_timeout=header_timeout,
+            body_timeout=body_timeout,
+            body_min_rate=body_min_rate,
+            shutdown_timeout=shutdown_timeout,
+            limits=limits,
+            edge_triggered=edge_triggered,
+            exclusive_accept=exclusive_accept,
+            shared_buffer=shared_buffer,
+        )
+        if freeze_gc:
+            # Everything made so far (modules, the router, the application) lives as long as the worker: move
+            # it out of the collector's reach, so that a collection scans only what requests made since.
+            gc.freeze()
+        # The worker's side of start-up (workers.py): in a process, install the stop handlers, so that a
+        # signal finds its handler and the loop finds the signal; then tell the supervisor we are ready.
+        ready(server)
+        try:
+            server.serve_forever()
+        finally:
+            # Stopped: later signals stay blocked until we have exited (in a worker process; a thread blocks
+            # them for itself only). As the interpreter exits it restores the default handlers, and a default
+            # SIGTERM would kill us half-way (exit status -15).
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            server.shutdown()
+    return 0
+
+
+# --8<-- [end:serve]

@@ -1,0 +1,73 @@
+"""bench/ablation.py and bench/costs.py, run for real in their smallest configuration: every variant and every
+row they promise is there, and a results file re-renders to the same page.
+
+They check the harnesses' shape, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import ablation, costs, results
+from conftest import require_tool
+
+SMOKE = ["--duration", "1", "--name", "test"]
+
+
+def test_an_ablation_smoke_run_measures_every_variant_and_renders_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_tool("wrk")
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)  # never the published file, nor bench/results/
+    assert ablation.main([*SMOKE, "--runs", "1", "--warmup", "0", "--idle-connections", "200"]) == 0
+    measured_output = capsys.readouterr().out
+    path = tmp_path / "exploratory-ablation-test.json"
+    contents = results.read_document(path, "ablation")
+
+    one_worker, pinning = (results.from_json(contents[key]) for key in ("one_worker", "pinning"))
+    names = [info.name for info in one_worker.targets]
+    switches = [f"{ablation.PHASE} without {switch}" for switch in ablation.ONE_WORKER_SWITCHES]
+    assert names == [ablation.BEFORE, ablation.EVERY_SWITCH_OFF, *switches, ablation.PHASE]
+    for name in names:
+        for scenario in ("keepalive-64", "pipeline-16"):
+            measurement = one_worker.measurement(name, scenario)
+            assert measurement is not None and measurement.failure is None, (name, scenario)
+            assert [run.requests > 0 for run in measurement.runs] == [True]
+        idle = one_worker.idle_for(name)
+        assert idle is not None and idle.connections_held == 200, name
+    assert [info.name for info in pinning.targets] == [f"{ablation.PHASE} without pinning", ablation.PHASE]
+    assert pinning.settings.workers == 2
+
+    page = ablation.markdown(contents, str(path))
+    assert page.count("| phase6_perf without shared_buffer |") == 3  # two scenarios and the memory table
+    assert page in measured_output
+    assert ablation.main(["--from-results", str(path)]) == 0
+    assert capsys.readouterr().out == page + "\n"
+
+
+def test_a_costs_smoke_run_splits_the_time_and_counts_the_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_tool("wrk")
+    require_tool("strace")
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    assert costs.main(SMOKE) == 0
+    measured_output = capsys.readouterr().out
+    path = tmp_path / "exploratory-costs-test.json"
+    contents = results.read_document(path, "costs")
+
+    rows = {(row["target"], row["scenario"]): row for row in contents["rows"]}
+    assert set(rows) == {(target, scenario) for target in costs.TARGETS for scenario in costs.SCENARIOS}
+    for row in rows.values():
+        assert row["requests"] > 0 and row["traced_requests"] > 0
+        assert row["user_us_per_request"] + row["system_us_per_request"] > 0
+        # Every server here answers with send() and reads with recv(): Python's names for them.
+        assert row["calls"].get("sendto", 0) > 0 and row["calls"].get("recvfrom", 0) > 0, row["calls"]
+
+    page = costs.markdown(contents, str(path))
+    assert page.count("| phase6_perf |") == 2
+    assert page in measured_output
+    assert costs.main(["--from-results", str(path)]) == 0
+    assert capsys.readouterr().out == page + "\n"
