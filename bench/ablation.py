@@ -66,9 +66,14 @@ def measure_plan(
     options: argparse.Namespace, bench_argv: list[str], variants: list[targets.Target]
 ) -> Results:
     """The HTTP bench's plan for `bench_argv`, with `variants` as its targets, run."""
-    plan = http_bench.plan(http_bench.parse_arguments(bench_argv))
+    plan = http_bench.plan(http_bench.parse_arguments([*bench_argv, "--targets", PHASE]))
     plan = dataclasses.replace(plan, targets=variants)
-    return http_bench.run(plan, PUBLISHED_NAME, harness_command("bench.ablation", options.argv))
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, http_bench.parse_cpus(plan.settings.client_cpus))  # off the server's CPUs
+    try:
+        return http_bench.run(plan, PUBLISHED_NAME, harness_command("bench.ablation", options.argv))
+    finally:
+        os.sched_setaffinity(0, previous)
 
 
 def one_worker_variants() -> list[targets.Target]:
@@ -212,7 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     every_cpu = ["--server-cpus", ALL_CPUS, "--client-cpus", ALL_CPUS]
 
     def measure(results_file: Path) -> dict[str, Any]:
-        os.sched_setaffinity(0, {0})  # the harness stays off the server's CPU, as the bench's does
         one_worker = measure_plan(
             options,
             [
@@ -224,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
             ],
             one_worker_variants(),
         )
-        os.sched_setaffinity(0, {int(cpu) for cpu in ALL_CPUS.split(",")})
         pinning = measure_plan(
             options,
             [*common, "--scenarios", "keepalive-64", "--workers", "2", *every_cpu],

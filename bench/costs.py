@@ -152,15 +152,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def measure(results_file: Path) -> dict[str, Any]:
+        previous = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {int(CLIENT_CPUS)})  # the harness stays off the server's CPU
         chosen = {target.name: target for target in [*targets.discover_phases(), *targets.PEERS]}
         scenarios = {scenario.name: scenario for scenario in wrk.SCENARIOS}
         with tempfile.TemporaryDirectory(prefix="bench-costs-") as scratch:
-            rows = [
-                measure_one(chosen[name], scenarios[scenario], options.duration, Path(scratch) / name)
-                for scenario in SCENARIOS
-                for name in TARGETS
-            ]
+            try:
+                rows = [
+                    measure_one(chosen[name], scenarios[scenario], options.duration, Path(scratch) / name)
+                    for scenario in SCENARIOS
+                    for name in TARGETS
+                ]
+            finally:
+                os.sched_setaffinity(0, previous)
         command = harness_command("bench.costs", argv)
         return document(
             PUBLISHED_NAME, PUBLISHED_NAME, command, {}, {"duration_s": options.duration}, rows=rows

@@ -41,7 +41,7 @@ def test_an_ablation_smoke_run_measures_every_variant_and_renders_again(
     assert pinning.settings.workers == 2
 
     page = ablation.markdown(contents, str(path))
-    assert page.count("| phase6_perf without shared_buffer |") == 3  # two scenarios and the memory table
+    assert page.count("phase6_perf without shared_buffer") == 3  # two scenarios and the memory table
     assert page in measured_output
     assert ablation.main(["--from-results", str(path)]) == 0
     assert capsys.readouterr().out == page + "\n"
