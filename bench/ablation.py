@@ -5,9 +5,10 @@
 
 Every variant is a target of the HTTP bench (bench/__main__.py), measured in one run with the targets taking
 turns run by run: phase 5 (before the chapter), phase 6 with every switch off (the chapter's changes that
-have no switch), phase 6 without each optimisation in turn, and phase 6 whole. One worker, pinned as the
-bench pins it, in the keep-alive and pipelined scenarios, then the memory held by 10,000 idle connections.
-Pinning matters only with several workers, so it has its own run: 2 workers over every CPU, wrk beside them.
+have no switch), phase 6 without each optimisation in turn, and phase 6 as it ships. One worker, pinned as
+the bench pins it, in the keep-alive and pipelined scenarios, then the memory held by 10,000 idle
+connections. Pinning each worker to a CPU (`--pin`) matters only with several workers, so it has its own
+run: 2 workers over every CPU, wrk beside them, with and without it.
 The tradeoff: one run of a few minutes on a noisy machine; each change is given with its range run by run,
 and a change whose range spans 0% is one this run cannot tell from noise.
 """
@@ -21,14 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display: chosen before pyplot is imported
-
 import matplotlib.pyplot as plt
 
 import bench.__main__ as http_bench
-from bench import report, targets
+from bench import charts, report, targets
 from bench.results import (
     Measurement,
     Results,
@@ -44,15 +41,15 @@ PUBLISHED_NAME = "ablation"
 TABLE = REPO_ROOT / "docs" / "generated" / "ablation.md"
 CHART = REPO_ROOT / "docs" / "assets" / "ablation.svg"
 PHASE, BEFORE = "phase6_perf", "phase5_concurrency"
-# phase6_perf/__main__.py's OPTIMISATIONS that one worker can show; "pinning" needs several.
+# phase6_perf/__main__.py's OPTIMISATIONS, each turned off in turn.
 ONE_WORKER_SWITCHES = ("shared_buffer", "cached_responses", "gc_freeze")
+PINNED = f"{PHASE} --pin"
 EVERY_SWITCH_OFF = f"{PHASE} without all three"
 ALL_CPUS = ",".join(str(number) for number in sorted(os.sched_getaffinity(0)))
 
 
-def variant(base: targets.Target, name: str, switches: tuple[str, ...]) -> targets.Target:
-    """`base` started with `--without SWITCH` for each of `switches`, under the name `name`."""
-    extra = [argument for switch in switches for argument in ("--without", switch)]
+def variant(base: targets.Target, name: str, extra: list[str]) -> targets.Target:
+    """`base` started with the options `extra`, under the name `name`."""
 
     def command(port: int, scratch: Path, static_dir: Path, workers: int) -> list[str]:
         return [*base.command(port, scratch, static_dir, workers), *extra]
@@ -81,22 +78,27 @@ def one_worker_variants() -> list[targets.Target]:
     whole = phases[PHASE]
     return [
         phases[BEFORE],
-        variant(whole, EVERY_SWITCH_OFF, ONE_WORKER_SWITCHES),
-        *(variant(whole, f"{PHASE} without {switch}", (switch,)) for switch in ONE_WORKER_SWITCHES),
+        variant(whole, EVERY_SWITCH_OFF, without(*ONE_WORKER_SWITCHES)),
+        *(variant(whole, f"{PHASE} without {switch}", without(switch)) for switch in ONE_WORKER_SWITCHES),
         whole,
     ]
 
 
+def without(*switches: str) -> list[str]:
+    return [argument for switch in switches for argument in ("--without", switch)]
+
+
 def pinning_variants() -> list[targets.Target]:
     whole = next(target for target in targets.discover_phases() if target.name == PHASE)
-    return [variant(whole, f"{PHASE} without pinning", ("pinning",)), whole]
+    return [whole, variant(whole, PINNED, ["--pin"])]
 
 
 # --------------------------------------------------------------------------------------------- the page
 
 
 def change_against_whole(results: Results, measurement: Measurement) -> str:
-    """Server CPU per request against phase 6 whole, run i with run i: median change (lowest to highest)."""
+    """Server CPU per request against phase 6 as it ships, run i with run i: median change (lowest to
+    highest)."""
     whole = results.measurement(PHASE, measurement.scenario)
     paired = measurement.ratio(whole, "server_cpu_us_per_request") if whole else None
     if paired is None or measurement.target == PHASE:
@@ -105,35 +107,36 @@ def change_against_whole(results: Results, measurement: Measurement) -> str:
     return f"{middle:+.1f}% ({low:+.1f}% to {high:+.1f}%)"
 
 
-def scenario_rows(results: Results, scenario: str) -> list[list[str]]:
+def scenario_rows(results: Results, scenario: str, pipelined: bool) -> list[list[str]]:
     rows = []
     for info in results.targets:
         measurement = results.measurement(info.name, scenario)
         if measurement is None:
             continue
         cost = measurement.spread("server_cpu_us_per_request")
+        p99 = measurement.spread("p99_us") if not pipelined else None  # wrk times a batch as one request
         rows.append(
             [
                 info.name,
                 report.with_range(cost, report.microseconds),
                 change_against_whole(results, measurement),
-                report.median_only(measurement.spread("p99_us"), report.microseconds),
+                report.median_only(p99, report.microseconds),
                 report.median_only(measurement.spread("requests_per_s"), report.si),
             ]
         )
     return rows
 
 
-HEADER = ["variant", "server CPU per request", "against phase 6 whole", "p99", "req/s"]
+HEADER = ["variant", "server CPU per request", "against phase6_perf", "p99", "req/s"]
+ALIGN = ["---", "--:", "--:", "--:", "--:"]
 
 
 def results_section(results: Results) -> list[str]:
     lines = [report.conditions(results), ""]
     for scenario in results.scenarios:
         lines += [f"#### {scenario.title}", ""]
-        lines += report.markdown_table(
-            HEADER, scenario_rows(results, scenario.name), ["l", "r", "r", "r", "r"]
-        )
+        rows = scenario_rows(results, scenario.name, scenario.pipeline_depth > 1)
+        lines += report.markdown_table(HEADER, rows, ALIGN)
         lines.append("")
     if results.idle:
         names = [info.name for info in results.targets]
@@ -146,14 +149,15 @@ def markdown(contents: dict[str, Any], source: str) -> str:
     lines = [
         f"<!-- Generated by `make bench-ablation` (bench/ablation.py) from {source}. Do not edit. -->",
         "",
-        "Server CPU per request: median of runs (lowest to highest run). The change against phase 6 whole",
-        "pairs run i of a variant with run i of phase 6 whole: its median, then its range; a range that",
-        "spans 0% is one this run cannot tell from noise.",
+        "Server CPU per request: median of runs (lowest to highest run). The change against phase6_perf (as",
+        "it ships) pairs run i of a variant with run i of phase6_perf: its median, then its range; a range",
+        "that spans 0% is one this run cannot tell from noise. p99 is not given for pipelined runs: wrk",
+        "times a batch of 16 requests as one.",
         "",
         "### One worker",
         "",
         *results_section(one_worker),
-        "### Pinning: 2 workers",
+        "### Pinning (`--pin`): 2 workers",
         "",
         *results_section(pinning),
     ]
@@ -175,7 +179,7 @@ def draw(contents: dict[str, Any]) -> list[Path]:
             [spread.median - spread.low if spread else 0.0 for spread in spreads],
             [spread.high - spread.median if spread else 0.0 for spread in spreads],
         ]
-        axis.barh(range(len(names)), medians, xerr=errors, color="#d9534f", capsize=3)
+        axis.barh(range(len(names)), medians, xerr=errors, color=charts.PHASE_COLOUR, capsize=3)
         axis.set_yticks(range(len(names)), names if axis is axes[0][0] else [""] * len(names))
         axis.invert_yaxis()
         axis.set_title(scenario.title, fontsize=9)

@@ -68,9 +68,9 @@ class WorkerRun(Run):
 # ------------------------------------------------------------------------------------------------ models
 
 
-def start_server(model: str, workers: int, cpus: str) -> PhaseProcess:
+def start_server(phase: str, model: str, workers: int, cpus: str) -> PhaseProcess:
     options = ("--workers", str(workers), "--model", model)
-    return PhaseProcess(PHASE, *options, root=REPO_ROOT, prefix=pinned(cpus, ()))
+    return PhaseProcess(phase, *options, root=REPO_ROOT, prefix=pinned(cpus, ()))
 
 
 def load(
@@ -117,7 +117,7 @@ def measure_model(
     model: str, workers: int, options: argparse.Namespace, budget: cpu.RepeatBudget
 ) -> dict[str, Any]:
     """A fresh server, a warm-up, then the runs; a run disturbed by other processes is repeated."""
-    server = start_server(model, workers, options.server_cpus)
+    server = start_server(options.phase, model, workers, options.server_cpus)
     command = load(KEEPALIVE, server, options.duration, options)
     runs: list[WorkerRun] = []
     discarded: list[WorkerRun] = []
@@ -211,7 +211,7 @@ def resilience_run(model: str, event: str, options: argparse.Namespace) -> dict[
     has exited, then SIGINT: wrk stops and reports, as on Ctrl-C."""
     act, scenario = EVENTS[event]
     print(f"{model}: {event}", flush=True)
-    server = start_server(model, RESILIENCE_WORKERS, options.server_cpus)
+    server = start_server(options.phase, model, RESILIENCE_WORKERS, options.server_cpus)
     log = SupervisorLog(server.pid)
     command = load(scenario, server, LOAD_CEILING_S, options)
     client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -361,7 +361,8 @@ def markdown(contents: dict[str, Any], source: str) -> str:
     models = section(
         "models",
         "The models: server CPU per request, and its spread across workers",
-        f"Measured {contents['created'][:10]} on {machine['cpu_model']} ({machine['cores']} cores), Linux "
+        f"{settings.get('phase', PHASE)}, measured {contents['created'][:10]} on {machine['cpu_model']}"
+        f" ({machine['cores']} cores), Linux "
         f"{machine['kernel']}, Python {machine['python']}: the server on CPUs {settings['server_cpus']}, wrk "
         f"({settings['wrk_threads']} thread(s)) on CPUs {settings['client_cpus']}. Where they share cores, "
         "req/s is what the cores give both, and the server's CPU per request is the figure that carries to "
@@ -446,6 +447,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         prog=".venv/bin/python -m bench.workers", description=__doc__.splitlines()[0]
     )
     option = parser.add_argument
+    option("--phase", default=PHASE, help="the phase measured, phase 5 or later (default: %(default)s)")
     option("--runs", type=int, default=3, help="runs per model and worker count (default: %(default)s)")
     option("--duration", type=int, default=5, help="seconds per run (default: %(default)s)")
     option("--warmup", type=int, default=1, help="seconds of warm-up per server (default: %(default)s)")
@@ -471,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         figures = {"models": models, "resilience": resilience, "trap": trap()}
         settings = {
+            "phase": options.phase,
             "runs": options.runs,
             "duration_s": options.duration,
             "warmup_s": options.warmup,

@@ -24,7 +24,6 @@ OPTIMISATIONS = {
     "shared_buffer": "every connection receives into its own buffer, held while it is idle",
     "cached_responses": "a fixed route's response is rendered for every request",
     "gc_freeze": "the garbage collector keeps scanning the objects made at start-up",
-    "pinning": "workers run on any allowed CPU, not one each",
 }
 # --8<-- [end:switches]
 
@@ -126,6 +125,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="turn one optimisation off, to measure what it buys (repeatable): "
         + "; ".join(f"{name}: {effect}" for name, effect in OPTIMISATIONS.items()),
     )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run each worker on a CPU of its own (default: off: chapter 6 measured it costing more than it"
+        " saved)",
+    )
     # Given by the supervisor to the worker processes it starts, never by a reader: no help for them.
     parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--listener-fd", type=int, help=argparse.SUPPRESS)
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_count=args.workers,
         shutdown_timeout=args.shutdown_timeout,
         static_dir=args.static_dir,
-        pin="pinning" not in args.without,
+        pin=args.pin,
     )
 
 

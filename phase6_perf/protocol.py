@@ -533,7 +533,7 @@ def parse_head(head: str, limits: Limits) -> tuple[Request, int]:
         if name in FRAMING_FIELDS:
             framing.append((name, value))
     if len(framing) == 1 and framing[0][0] == "host" and valid_host(framing[0][1]):
-        # The common head: a valid Host and no other framing field, so no body, and HTTP/1.1 persists.
+        # The common head: a valid Host and no other framing field, so no body; only HTTP/1.1 persists.
         body_length, keep_alive, expects_continue = 0, not is_http10, False
     else:
         body_length, keep_alive, expects_continue = apply_framing_fields(framing, is_http10, limits)

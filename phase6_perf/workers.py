@@ -109,7 +109,7 @@ class Supervisor:
         worker_command: list[str],
         serve_worker: ServeFunction,
         shutdown_timeout: float,
-        pin: bool = True,
+        pin: bool = False,
     ) -> None:
         self.listeners = listeners  # one per worker slot (reuseport), or one for all
         self.model = model
@@ -117,8 +117,8 @@ class Supervisor:
         self.worker_command = worker_command
         self.serve_worker = serve_worker  # how a thread serves; a process runs worker_command
         self.shutdown_timeout = shutdown_timeout
-        # Pinning: worker slot i runs on the i-th CPU we may use (modulo), and only there. The scheduler then
-        # never moves a loop away from the caches it warmed; the cost is that a busy CPU cannot lend a hand.
+        # Pinning (--pin): worker slot i runs on the i-th CPU we may use (modulo), and only there. The scheduler
+        # never moves a loop away from the caches it warmed, but cannot move it away from a busy CPU either.
         self.cpus = sorted(os.sched_getaffinity(0)) if pin else []
         self.epoll = select.epoll()
         self.workers: dict[int, Worker] = {}  # by the fd of their pipe
@@ -410,7 +410,7 @@ def supervise(
     worker_count: int,
     shutdown_timeout: float,
     static_dir: Path | None,
-    pin: bool = True,
+    pin: bool = False,
 ) -> int:
     """Open the listeners, start and supervise the workers until a stop; the exit status: 0, 1 if the workers
     could not start, 2 if the supervisor could not (the address, or a static directory that is not one)."""

@@ -37,7 +37,7 @@ def test_an_ablation_smoke_run_measures_every_variant_and_renders_again(
             assert [run.requests > 0 for run in measurement.runs] == [True]
         idle = one_worker.idle_for(name)
         assert idle is not None and idle.connections_held == 200, name
-    assert [info.name for info in pinning.targets] == [f"{ablation.PHASE} without pinning", ablation.PHASE]
+    assert [info.name for info in pinning.targets] == [ablation.PHASE, ablation.PINNED]
     assert pinning.settings.workers == 2
 
     page = ablation.markdown(contents, str(path))
@@ -59,15 +59,16 @@ def test_a_costs_smoke_run_splits_the_time_and_counts_the_calls(
     contents = results.read_document(path, "costs")
 
     rows = {(row["target"], row["scenario"]): row for row in contents["rows"]}
-    assert set(rows) == {(target, scenario) for target in costs.TARGETS for scenario in costs.SCENARIOS}
-    for row in rows.values():
+    present = list(costs.available_targets())  # nginx is a peer, which a reader may not have installed
+    assert set(rows) == {(target, scenario) for target in present for scenario in costs.SCENARIOS}
+    for (target, _), row in rows.items():
         assert row["requests"] > 0 and row["traced_requests"] > 0
         assert row["user_us_per_request"] + row["system_us_per_request"] > 0
-        # Every server here answers with send() and reads with recv(): Python's names for them.
-        assert row["calls"].get("sendto", 0) > 0 and row["calls"].get("recvfrom", 0) > 0, row["calls"]
+        if target != "nginx":  # Python's socket send() and recv_into() are these two system calls
+            assert row["calls"].get("sendto", 0) > 0 and row["calls"].get("recvfrom", 0) > 0, row["calls"]
 
     page = costs.markdown(contents, str(path))
-    assert page.count("| phase6_perf |") == 2
+    assert page.count("| phase6_perf |") == len(costs.SCENARIOS)
     assert page in measured_output
     assert costs.main(["--from-results", str(path)]) == 0
     assert capsys.readouterr().out == page + "\n"

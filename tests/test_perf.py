@@ -6,7 +6,7 @@ pipelined requests, a request head and a body split across reads while other con
 (every connection receives into one shared buffer), a body larger than that buffer, HEAD, HTTP/1.0 and
 `Connection: close` (cached responses differ by all three), errors. Then what the optimisations promise that
 a transcript cannot show: an idle connection holds no receive buffer, a cached response's Date stays current,
-and each worker runs on a CPU of its own.
+and with `--pin` each worker runs on a CPU of its own.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def test_no_switch_changes_an_answer(phase: Phase, start_server: Callable[..., R
     statuses = [status for status, _, _ in whole]
     assert statuses.count(200) >= 30 and {404, 405, 400} <= set(statuses)  # the script went everywhere
     assert whole[-3][2] == LARGE_BODY and whole[-2][2] == LARGE_BODY
-    for name in optimisations(phase):
-        assert transcript(start_server("--without", name)) == whole, f"--without {name} answers differently"
+    for options in [*(("--without", name) for name in optimisations(phase)), ("--pin",)]:
+        assert transcript(start_server(*options)) == whole, f"{' '.join(options)} answers differently"
 
 
 @pytest.mark.needs("http", "keep_alive")
@@ -152,11 +152,11 @@ def worker_cpus(server: RunningServer) -> list[set[int]]:
 
 
 @pytest.mark.needs("multi_process", "optimisation_switches")
-def test_each_worker_runs_on_a_cpu_of_its_own(start_server: Callable[..., RunningServer]) -> None:
+def test_with_pin_each_worker_runs_on_a_cpu_of_its_own(start_server: Callable[..., RunningServer]) -> None:
     allowed = sorted(psutil.Process().cpu_affinity())
-    pinned = worker_cpus(start_server("--workers", "2"))
+    pinned = worker_cpus(start_server("--workers", "2", "--pin"))
     assert pinned == sorted(({allowed[slot % len(allowed)]} for slot in range(2)), key=sorted)
-    assert worker_cpus(start_server("--workers", "2", "--without", "pinning")) == [set(allowed)] * 2
+    assert worker_cpus(start_server("--workers", "2")) == [set(allowed)] * 2
 
 
 @pytest.mark.needs("http", "optimisation_switches")
