@@ -38,7 +38,7 @@ TABLE = REPO_ROOT / "docs" / "generated" / "costs.md"
 TARGETS = ("nginx", "phase5_concurrency", "phase6_perf", "floor")
 SCENARIOS = ("keepalive-64", "pipeline-16", "close")
 SERVER_CPUS, CLIENT_CPUS = "1", "0"
-SHOWN_CALLS = 4  # the most frequent system calls, by name; the rest are summed
+SHOWN_CALLS = 9  # the most frequent system calls, by name; the rest are summed
 
 
 def serving_process(server: targets.RunningTarget) -> psutil.Process:

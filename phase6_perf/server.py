@@ -684,7 +684,7 @@ def serve(
     static_dir: Path | None = None,
     shared_buffer: bool = True,
     cache_responses: bool = True,
-    freeze_gc: bool = True,
+    freeze_gc: bool = False,
 ) -> int:
     """Serve on `listener`, which the supervisor opened, until a stop; return the exit status, 0. The
     supervisor checked the address and the static directory: a worker has nothing left that can fail."""

@@ -117,8 +117,8 @@ class Supervisor:
         self.worker_command = worker_command
         self.serve_worker = serve_worker  # how a thread serves; a process runs worker_command
         self.shutdown_timeout = shutdown_timeout
-        # Pinning (--pin): worker slot i runs on the i-th CPU we may use (modulo), and only there. The scheduler
-        # never moves a loop away from the caches it warmed, but cannot move it away from a busy CPU either.
+        # Pinning (--pin): worker slot i runs on the i-th CPU we may use (modulo), and only there. The
+        # scheduler never moves a loop away from the caches it warmed, nor away from a busy CPU either.
         self.cpus = sorted(os.sched_getaffinity(0)) if pin else []
         self.epoll = select.epoll()
         self.workers: dict[int, Worker] = {}  # by the fd of their pipe

@@ -29,7 +29,7 @@ def test_an_ablation_smoke_run_measures_every_variant_and_renders_again(
     one_worker, pinning = (results.from_json(contents[key]) for key in ("one_worker", "pinning"))
     names = [info.name for info in one_worker.targets]
     switches = [f"{ablation.PHASE} without {switch}" for switch in ablation.ONE_WORKER_SWITCHES]
-    assert names == [ablation.BEFORE, ablation.EVERY_SWITCH_OFF, *switches, ablation.PHASE]
+    assert names == [ablation.BEFORE, ablation.EVERY_SWITCH_OFF, *switches, ablation.PHASE, ablation.FROZEN]
     for name in names:
         for scenario in ("keepalive-64", "pipeline-16"):
             measurement = one_worker.measurement(name, scenario)

@@ -90,7 +90,7 @@ def test_no_switch_changes_an_answer(phase: Phase, start_server: Callable[..., R
     statuses = [status for status, _, _ in whole]
     assert statuses.count(200) >= 30 and {404, 405, 400} <= set(statuses)  # the script went everywhere
     assert whole[-3][2] == LARGE_BODY and whole[-2][2] == LARGE_BODY
-    for options in [*(("--without", name) for name in optimisations(phase)), ("--pin",)]:
+    for options in [*(("--without", name) for name in optimisations(phase)), ("--pin",), ("--gc-freeze",)]:
         assert transcript(start_server(*options)) == whole, f"{' '.join(options)} answers differently"
 
 
