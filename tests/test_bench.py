@@ -373,6 +373,10 @@ def test_interleaved_runs_give_each_ratio_run_by_run_with_its_spread() -> None:
         "server CPU per request +10.0%, the median of the changes run by run (+10.0% to +10.0%);"
         " the medians of runs: 61.1 µs against 55.6 µs"
     )
+    # The phase against each peer, run i over run i: the same ratios, a row per peer, a column per scenario.
+    against = lines[lines.index("#### phase3_http_parse against each peer") :]
+    nginx_row = next(line for line in against if line.startswith("| nginx |"))
+    assert nginx_row.startswith(f"| nginx | 0.10{times} (0.10{times}{report.EN_DASH}0.20{times}) |")
     old = dataclasses.replace(interleaved, settings=base.settings)
     assert f"{times} nginx" not in report.markdown(old, pages, "test.json")
 
@@ -380,7 +384,7 @@ def test_interleaved_runs_give_each_ratio_run_by_run_with_its_spread() -> None:
 def test_a_scenario_a_target_does_not_serve_says_so_instead_of_leaving_a_hole(tmp_path: Path) -> None:
     measured = _with_a_routed_phase()
     text = report.markdown(measured, ["phase3_http_parse", "phase4_routing", "nginx"], "test.json")
-    section = text[text.index("#### A route") :].split("#### Memory")[0]
+    section = text[text.index("#### A route") :].split("\n#### ")[0]  # up to the next section
     assert section.count("| **phase4_routing** |") == 2  # both tables
     assert "| nginx |" not in section and "| **phase3_http_parse** |" not in section
     assert (
