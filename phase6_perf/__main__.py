@@ -19,8 +19,8 @@ from .server import (
 from .workers import MODELS, ServeFunction, run_worker_process, supervise
 
 # --8<-- [start:switches]
-# The optimisations of chapter 6 that a switch turns off, so that the bench can measure each one alone. Two
-# more were measured and left off, since no measurement here showed them paying: --pin and --gc-freeze.
+# The optimisations that a switch turns off, so that the bench can measure each one alone. Two more were
+# measured and left off, since no measurement showed them paying: --pin and --gc-freeze.
 OPTIMISATIONS = {
     "shared_buffer": "every connection receives into its own buffer, held while it is idle",
     "cached_responses": "a fixed route's response is rendered for every request",
@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         choices=OPTIMISATIONS,
         default=[],
-        metavar="OPTIMISATION",
+        metavar="NAME",
         help="turn one optimisation off, to measure what it buys (repeatable): "
         + "; ".join(f"{name}: {effect}" for name, effect in OPTIMISATIONS.items()),
     )
@@ -129,14 +129,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="run each worker on a CPU of its own (default: off; chapter 6 measured no gain from it)",
+        help="run each worker on a CPU of its own (default: off; no gain was measured)",
     )
     parser.add_argument(
         "--gc-freeze",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="gc.freeze() once started, so collections skip the start-up objects (default: off; chapter 6"
-        " measured no gain from it)",
+        help="gc.freeze() once started, so collections skip the start-up objects (default: off; no gain was"
+        " measured)",
     )
     # Given by the supervisor to the worker processes it starts, never by a reader: no help for them.
     parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)

@@ -7,6 +7,11 @@ file range that the server hands to os.sendfile, so the file's bytes never pass 
 
 The tradeoff: a handler runs on its worker's event loop, so a slow one (or a file read that misses the page
 cache) stalls every connection of that worker while it runs; an application that blocks needs threads.
+
+A `FixedResponse` is a handler whose response never changes. The application keeps the bytes it rendered for
+one, and answers the same request with them until the `Date` line changes, a second later: no routing, no
+handler, no rendering. The tradeoff: those bytes must be exactly what the handler and the renderer would
+have produced, for every way a request can ask for them (tests/test_perf.py compares the two).
 """
 
 from __future__ import annotations
@@ -82,20 +87,21 @@ class Application:
         self.router = router
         self.cache_responses = cache_responses
         # The bytes of FixedResponse routes, by what they depend on: method (HEAD has no body), path,
-        # keep-alive (`Connection: close`) and version. Bounded: fixed routes have no parameters. Emptied
-        # when the Date line changes, so each is rendered at most once per second.
-        self.rendered: dict[tuple[str, str, bool, str], bytes] = {}
-        self.rendered_date = ""
+        # keep-alive (`Connection: close`) and version. Bounded: only a route without parameters is cached,
+        # so each path is one the router knows. Emptied when the Date line changes: rendered once a second.
+        self.rendered_responses: dict[tuple[str, str, bool, str], bytes] = {}
+        self.rendered_date_line = ""
 
     def respond(self, request: Request) -> bytes | FileReply:
         """The response to `request`, rendered; a handler that raises costs its request a 500, no more."""
         key = (request.method, request.path, request.keep_alive, request.version)
-        if self.rendered_date is not date_line():  # date_line() returns one str object per second
-            self.rendered.clear()
-            self.rendered_date = date_line()
-        rendered = self.rendered.get(key)
-        if rendered is not None:  # the fast path: no routing, no handler, no rendering
-            return rendered
+        if self.cache_responses:
+            if self.rendered_date_line is not date_line():  # date_line() returns one str object per second
+                self.rendered_responses.clear()
+                self.rendered_date_line = date_line()
+            rendered = self.rendered_responses.get(key)
+            if rendered is not None:  # the fast path: no routing, no handler, no rendering
+                return rendered
         match = self.router.lookup(request.method, request.path)
         if isinstance(match, Found):
             try:
@@ -106,8 +112,9 @@ class Application:
                 print(f"{failed}:\n{traceback.format_exc()}", end="", file=sys.stderr, flush=True)
                 return render_response(request, 500, b"Internal Server Error\n")
             reply = render(request, response)
-            if self.cache_responses and isinstance(match.handler, FixedResponse) and isinstance(reply, bytes):
-                self.rendered[key] = reply
+            fixed = isinstance(match.handler, FixedResponse) and not match.params
+            if self.cache_responses and fixed and isinstance(reply, bytes):
+                self.rendered_responses[key] = reply
             return reply
         if isinstance(match, MethodNotAllowed):  # RFC 9110 §15.5.6: a 405 MUST say what is allowed
             allow = [("Allow", ", ".join(match.allow))]

@@ -8,8 +8,9 @@ server copies bytes in with `feed(data)`, or receives straight into the spare ro
 `next_request()` until that returns None ("need more bytes"); each call returns one complete `Request` or
 raises `HttpError`, after which the connection gets that error's response and is closed. The buffer can be
 one that every parser of an event loop shares: the loop serves one connection at a time, and when it is
-done with one, `keep_unconsumed_bytes()` moves what that parser has not consumed (a partial request) into a
-buffer of its own, which it gives back once everything in it is consumed. An idle connection holds none.
+done with one, `keep_unconsumed_bytes()` moves what that parser has not consumed (a partial request, or whole
+ones that backpressure holds back) into a buffer of its own, which it gives back once everything in it is
+consumed. An idle connection holds none.
 
 The buffer is addressed by offsets, never sliced while we search it: `_start` is the first byte not yet
 consumed, `_end` one past the last byte received, `_scan` where the current search resumes. A search that
@@ -229,9 +230,9 @@ class RequestParser:
         connection's bytes will overwrite, into a buffer of its own."""
         if self._buffer is not self._shared:
             return
-        if self._end > self._start:
+        if self._end > self._start and self._state != CLOSED:
             self._move_to_own_buffer(0)
-        else:  # nothing to keep (empty lines, or a closed parser): start over at the shared buffer's front
+        else:  # nothing to keep (empty lines, or a closed parser, which parses no more): start at the front
             self._start = self._end = self._scan = 0
 
     # --8<-- [end:receive]
@@ -538,7 +539,7 @@ def parse_head(head: str, limits: Limits) -> tuple[Request, int]:
     else:
         body_length, keep_alive, expects_continue = apply_framing_fields(framing, is_http10, limits)
     # Positional arguments, in the order of Request's fields: CPython 3.11 binds them to a dataclass's
-    # __init__ several times faster than keywords.
+    # __init__ faster than keywords (`python3 -m timeit` shows it).
     request = Request(method, target, path, version, headers, keep_alive, expects_continue)
     return request, body_length
 

@@ -177,7 +177,8 @@ class Connection:
         # and which of them it is. The first head's clock starts now, at accept().
         self.strict_deadline: float | None = head_deadline
         self.clock = HEAD_CLOCK
-        # Receives into the loop's shared buffer, and owns a buffer only while it holds bytes not yet parsed.
+        # With the loop's shared buffer (the default), owns a buffer only while it holds bytes not yet parsed;
+        # without (--without shared_buffer), owns one for good, as before.
         self.parser = RequestParser(limits, shared_buffer)
         self.closing = False  # the answer that ends this connection is queued: read nothing more into it
 
