@@ -1,5 +1,8 @@
-"""Phase 5's workers, measured: what a request costs the server and how that work spreads across the workers,
-per model; what kill -9, SIGTERM and SIGHUP cost clients under load; and the trap the supervisor avoids.
+"""Worker processes measured, per model: the cost and spread of requests, kill -9, SIGTERM and SIGHUP.
+
+Phase 5's workers (or a later phase's, with --phase), measured: what a request costs the server and how that
+work spreads across the workers, per model; what kill -9, SIGTERM and SIGHUP cost clients under load; and the
+trap the supervisor avoids.
 
     .venv/bin/python -m bench.workers --publish               # bench/results/workers.json, docs/generated/
     .venv/bin/python -m bench.workers --runs 1 --duration 1   # a quick look: exploratory-workers-NAME.json

@@ -16,11 +16,11 @@ the exercise describes, not a particular solution, so the exercise's wording is 
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 
 import pytest
 from test_http import HELLO, HttpClient, get
+from test_perf import idle_connection_cost
 
 from conftest import RunningServer
 
@@ -80,18 +80,5 @@ def test_phase3_max_requests_counts_per_connection(start_server: Callable[..., R
 def test_phase3_idle_connections_hold_no_receive_buffer(server: RunningServer) -> None:
     """Chapter 3, exercise 8: a keep-alive connection between two requests holds no receive buffer, so many
     idle connections cost the server far less than INITIAL_CAPACITY (16 KiB) each."""
-    count = 400  # the test process holds a descriptor per connection too: well under the usual limit of 1024
-    time.sleep(0.2)  # let the server's start-up allocations settle before the baseline
-    before = server.rss_bytes()
-    clients = []
-    try:
-        for _ in range(count):
-            client = HttpClient(server)
-            clients.append(client)
-            client.send(get("/"))
-            assert client.response().body == HELLO
-        per_connection = (server.rss_bytes() - before) / count
-    finally:
-        for client in clients:
-            client.close()
+    per_connection = idle_connection_cost(server)
     assert per_connection < 6 * 1024, f"each idle connection costs {per_connection / 1024:.1f} KiB"
