@@ -39,6 +39,7 @@ TARGETS = ("nginx", "phase5_concurrency", "phase6_perf", "floor")
 SCENARIOS = ("keepalive-64", "pipeline-16", "close")
 SERVER_CPUS, CLIENT_CPUS = "1", "0"
 SHOWN_CALLS = 9  # the most frequent system calls, by name; the rest are summed
+SHOWN_PER = 100  # ...if each is made at least once per this many requests
 
 
 def serving_process(server: targets.RunningTarget) -> psutil.Process:
@@ -121,8 +122,10 @@ def markdown(contents: dict[str, Any], source: str) -> str:
         for row in (row for row in contents["rows"] if row["scenario"] == scenario):
             requests = max(row["traced_requests"], 1)
             ranked = sorted(row["calls"].items(), key=lambda item: -item[1])
-            shown = [f"{name} {count / requests:.2f}" for name, count in ranked[:SHOWN_CALLS]]
-            rest = sum(count for _, count in ranked[SHOWN_CALLS:]) / requests
+            # By name, those made at least once per SHOWN_PER requests; the rest summed.
+            named = [(name, count) for name, count in ranked[:SHOWN_CALLS] if count * SHOWN_PER >= requests]
+            shown = [f"{name} {count / requests:.2f}" for name, count in named]
+            rest = sum(count for _, count in ranked[len(named) :]) / requests
             rows.append(
                 [
                     row["target"],
