@@ -120,11 +120,22 @@ def discover_phases(root: Path = REPO_ROOT) -> list[Target]:
                 "phase",
                 description,
                 command,
+                missing=_io_uring_missing(path.name) if "io_uring" in capabilities else lambda: None,
                 serves=capabilities & SERVABLE,
                 one_process=one_process,
             )
         )
     return phases
+
+
+def _io_uring_missing(name: str) -> Callable[[], str | None]:
+    """A phase on io_uring runs only where the kernel lets it: its uring.py says why not, if it cannot."""
+
+    def missing() -> str | None:
+        reason: str | None = importlib.import_module(f"{name}.uring").unavailable_reason()
+        return reason
+
+    return missing
 
 
 # --------------------------------------------------------------------------------------------- the peers

@@ -9,10 +9,15 @@ and is deselected for the others.
     .venv/bin/pytest --phase-dir my_phase3        # your own phase directory, against the same tests
 
 The two options are declared in the root conftest.py (it says why); this file reads them.
+
+A phase may need more than Python: one whose CAPABILITIES include "io_uring" runs only where the kernel lets
+it make a ring. Elsewhere each of its tests is skipped with the reason its own `uring.unavailable_reason()`
+gives, or fails in CI (CI=true), like a missing external tool (`require_tool`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -23,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 import psutil
 import pytest
@@ -106,8 +112,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def phase(request: pytest.FixtureRequest) -> Phase:
+    """The phase under test. Every test of a phase takes it (directly or through `server` / `start_server`),
+    so a phase that cannot run on this machine is skipped here, once for all its tests."""
     selected: Phase = request.param
+    if "io_uring" in selected.capabilities:
+        reason = io_uring_unavailable_reason(selected)
+        if reason is not None:
+            skip_unless_ci(reason)
     return selected
+
+
+@functools.cache
+def io_uring_unavailable_reason(phase: Phase) -> str | None:
+    """Why `phase`'s io_uring binding cannot run here, or None: asked once per phase (it makes a ring)."""
+    reason: str | None = phase.import_module("uring").unavailable_reason()
+    return reason
 
 
 class RunningServer(PhaseProcess):
@@ -194,7 +213,12 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = f"{name} is not installed (Debian: apt-get install {name})"
+    skip_unless_ci(f"{name} is not installed (Debian: apt-get install {name})")
+
+
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skip the test for `reason` on a reader's machine; fail it in CI (CI=true), whose set-up provides
+    everything the suite needs, so that a broken set-up shows as a failure, not as a quietly shorter run."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}, and CI=true requires it")
     pytest.skip(reason)

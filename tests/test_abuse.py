@@ -481,7 +481,8 @@ def test_a_burst_of_signals_still_exits_zero(server: RunningServer) -> None:
 # --- a bug costs one connection ----------------------------------------------------------------------
 
 
-@pytest.mark.needs("server_internals")
+# trigger_modes: it drives the loop's epoll by hand; the io_uring loop has its own test in test_uring.py.
+@pytest.mark.needs("server_internals", "trigger_modes")
 def test_at_exactly_the_high_water_mark_the_server_neither_parses_nor_reads(phase: Phase) -> None:
     """Backpressure has one test, used by both sides: parsing used to stop at `pending >= high` while
     reading paused only at `pending > high`, so at exactly the mark bytes were read that nothing parsed.
@@ -552,7 +553,8 @@ def test_an_exception_in_the_application_costs_one_request_a_500(
     assert capsys.readouterr().err.count("ZeroDivisionError: planted") == 1
 
 
-@pytest.mark.needs("server_internals")
+# trigger_modes: it waits for an answer queued behind EPOLLOUT; the io_uring loop's is in test_uring.py.
+@pytest.mark.needs("server_internals", "trigger_modes")
 def test_an_exception_in_the_event_loop_costs_one_connection(
     in_process_server: tuple[ModuleType, Any, tuple[str, int]],
     monkeypatch: pytest.MonkeyPatch,

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import psutil
 import pytest
@@ -69,21 +69,32 @@ def worker_processes(server: RunningServer) -> list[psutil.Process]:
     return psutil.Process(server.pid).children()
 
 
+def worker_threads(server: RunningServer) -> list[Any]:
+    """The supervisor's threads other than its main one. io_uring's kernel workers (io-wq, named iou-wrk-N)
+    are threads of the process too, in /proc/PID/task: they are not ours, so they are left out."""
+    threads = []
+    for thread in psutil.Process(server.pid).threads():
+        try:
+            name = Path(f"/proc/{server.pid}/task/{thread.id}/comm").read_text().strip()
+        except FileNotFoundError:  # the thread has ended since the list was made
+            continue
+        if thread.id != server.pid and not name.startswith("iou-"):
+            threads.append(thread)
+    return threads
+
+
 def worker_ids(server: RunningServer, model: str) -> set[int]:
-    """Who serves: the worker processes' pids, or for the threads model the ids of the supervisor's threads
-    other than its main one (a thread's id is its /proc/PID/task entry)."""
+    """Who serves: the worker processes' pids, or for the threads model the ids of the worker threads (a
+    thread's id is its /proc/PID/task entry)."""
     if model == "threads":
-        return {thread.id for thread in psutil.Process(server.pid).threads() if thread.id != server.pid}
+        return {thread.id for thread in worker_threads(server)}
     return {process.pid for process in worker_processes(server)}
 
 
 def cpu_seconds_by_worker(server: RunningServer, model: str) -> dict[int, float]:
     """User + system CPU seconds of each worker, a process (/proc/PID/stat) or a thread (/proc/PID/task/*)."""
     if model == "threads":
-        threads = psutil.Process(server.pid).threads()
-        return {
-            thread.id: thread.user_time + thread.system_time for thread in threads if thread.id != server.pid
-        }
+        return {thread.id: thread.user_time + thread.system_time for thread in worker_threads(server)}
     return {process.pid: sum(process.cpu_times()[:2]) for process in worker_processes(server)}
 
 
@@ -236,19 +247,30 @@ def test_load_from_many_connections_reaches_every_worker(
 # --- kill -9 of a worker ------------------------------------------------------------------------------------
 
 
-def first_answer(server: RunningServer, probes: int, within: float) -> tuple[float, int | None]:
+def first_answer(server: RunningServer, probes: int, within: float) -> tuple[float, int | None, int]:
     """Open `probes` connections at once, a request on each; wait for the first answer -> (when it came, the
-    pid of the worker that holds its connection). The others are closed: answered later, or never."""
+    pid of the worker that holds its connection, how many probes were closed or reset unanswered before it).
+    The others are closed: answered later, or never."""
     clients = [HttpClient(server, timeout=within) for _ in range(probes)]
+    deadline = time.monotonic() + within
+    dropped = 0
     try:
         for client in clients:
             client.send(get("/"))
-        readable = select.select([client.sock for client in clients], [], [], within)[0]
-        answered_at = time.monotonic()
-        assert readable, f"none of {probes} new connections answered within {within} s"
-        (first,) = [client for client in clients if client.sock is readable[0]]
-        assert first.response().body == HELLO
-        return answered_at, owners_of_connections(server).get(first.sock.getsockname()[1])
+        waiting = {client.sock: client for client in clients}
+        while waiting:
+            readable = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))[0]
+            answered_at = time.monotonic()
+            assert readable, f"none of {probes} new connections answered within {within} s"
+            for sock in readable:
+                client = waiting.pop(sock)
+                try:
+                    assert client.response().body == HELLO
+                except (ConnectionError, http.client.RemoteDisconnected):
+                    dropped += 1  # taken by a worker as it died (see the test below)
+                    continue
+                return answered_at, owners_of_connections(server).get(sock.getsockname()[1]), dropped
+        raise AssertionError(f"all {probes} new connections were closed unanswered")
     finally:
         for client in clients:
             client.close()
@@ -256,7 +278,7 @@ def first_answer(server: RunningServer, probes: int, within: float) -> tuple[flo
 
 @pytest.mark.parametrize("model", PROCESS_MODELS)
 def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced_within_a_second(
-    start_server: Callable[..., RunningServer], model: str
+    start_server: Callable[..., RunningServer], model: str, phase: Phase
 ) -> None:
     server = start_server("--model", model)
     load = Load(server, keep_alive=True, pace=0.01)  # steady, and each client stays on one worker
@@ -279,7 +301,7 @@ def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced_withi
         try:
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            answered_at, answerer = first_answer(server, probes=16, within=5)
+            answered_at, answerer, dropped = first_answer(server, probes=16, within=5)
         finally:
             with contextlib.suppress(ProcessLookupError):  # it may have died: a test failure, told below
                 os.kill(survivor, signal.SIGCONT)
@@ -297,6 +319,10 @@ def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced_withi
     assert answered_at - killed_at < REPLACEMENT_DEADLINE, (
         f"the first answer after the kill came {answered_at - killed_at:.2f} s after it"
     )
+    # A loop that accepts with accept() leaves a client queued until a live worker takes it. An io_uring
+    # accept is the kernel's: woken by a client as its worker dies, it can still complete, in the worker's
+    # exit, and that client is closed with it (measured here: one of the 16 probes, in some runs).
+    assert dropped == 0 or "io_uring" in phase.capabilities, f"{dropped} new client(s) closed unanswered"
     assert load.failures, "no request failed: was a worker with clients killed?"
     off_the_victim = [failure for failure in load.failures if failure.client_port not in clients_of[victim]]
     assert not off_the_victim, f"requests failed off the killed worker (its ports {clients_of[victim]})"
