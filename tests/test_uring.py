@@ -6,8 +6,9 @@ hangs one client. So the binding is tested on its own (rings of 8 entries, wrapp
 ring overfilled; a buffer ring run dry; a close with a receive armed; the address a send reads from), then the
 loop: 100,000 connections leave no descriptor or memory behind; every receive buffer goes back to the ring,
 even one filled for a connection closed meanwhile; a client that does not read pauses the receive, at exactly
-the high-water mark, and the receive resumes; an exception while sending costs one connection. Every ring is
-made as the server makes its own (LOOP_FLAGS), by the thread that then uses it; all traffic is on 127.0.0.1.
+the high-water mark, and the receive resumes; an exception while sending costs one connection; and where
+io_uring cannot run, the server says why in one line. Every ring is made as the server makes its own
+(LOOP_FLAGS), by the thread that then uses it; all traffic is on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -474,3 +475,17 @@ def test_an_exception_while_sending_costs_one_connection(
         assert not server.orphaned_sends  # the failed send was over: nothing waits for its completion
         assert server.running
     assert capsys.readouterr().err.count("RuntimeError: planted in on_sent") == 1
+
+
+def test_where_io_uring_cannot_run_the_server_says_why_in_one_line_and_exits_2(
+    phase: Phase, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kernel too old, a sysctl or a seccomp profile: one line naming the reason and the epoll phase, no
+    traceback, and no worker started."""
+    main_module = phase.import_module("__main__")
+    monkeypatch.setattr(main_module, "unavailable_reason", lambda: "planted: no io_uring here")
+    monkeypatch.setattr(main_module, "supervise", lambda *_, **__: pytest.fail("the supervisor was started"))
+    assert main_module.main(["--port", "0", "--workers", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1, error
+    assert "planted: no io_uring here" in error and "epoll" in error
