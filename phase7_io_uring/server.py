@@ -122,10 +122,11 @@ def _wake_the_loop(signum: int, frame: FrameType | None) -> None:
 
 
 def install_stop_handlers(wakeup_fd: int) -> None:
-    # Python's C-level handler writes each signal's number to wakeup_fd, which the loop watches with epoll
-    # like any socket: a stop is then handled between two events, never half-way through one (a handler that
-    # raised could unwind the server from anywhere, even from the middle of a close). The Python-level
-    # handler has nothing left to do, but it must exist: the default action of SIGTERM is to kill us.
+    # Python's C-level handler writes each signal's number to wakeup_fd, which the loop receives from through
+    # the ring like any socket: a stop is then handled between two completions, never half-way through one
+    # (a handler that raised could unwind the server from anywhere, even from the middle of a close). The
+    # Python-level handler has nothing left to do, but it must exist: the default action of SIGTERM is to
+    # kill us.
     signal.set_wakeup_fd(wakeup_fd, warn_on_full_buffer=False)
     for signum in STOP_SIGNALS:
         signal.signal(signum, _wake_the_loop)
@@ -155,7 +156,7 @@ def create_listener(host: str, port: int, *, reuse_port: bool = False) -> socket
     listener.bind((host, port))
     # The kernel completes handshakes on its own and queues up to LISTEN_BACKLOG clients for accept().
     listener.listen(LISTEN_BACKLOG)
-    # accept() on an empty queue now fails with EAGAIN (BlockingIOError) instead of waiting.
+    # Non-blocking, like every socket of the loop: the ring's accept then waits for clients with a poll.
     listener.setblocking(False)
     return listener
 

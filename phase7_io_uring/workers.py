@@ -12,7 +12,8 @@ the new one is ready, so no client is refused or reset while it happens.
 Connections reach the workers by one of three models, for the chapter to measure side by side:
   reuseport  one listener per worker, all on one port (SO_REUSEPORT): the kernel hashes each connection to
              one listener's queue. No contention, but no balance either: a busy worker's queue still fills.
-  shared     one listener for all: every worker waits on it with EPOLLEXCLUSIVE, so one wakes per client.
+  shared     one listener for all: each worker's loop has one accept at a time in the kernel's queue of
+             waiters on it, and the kernel completes one of them per client.
   threads    one process, one loop per thread, one shared listener: the GIL lets one thread run Python at a
              time, so this model shows what processes buy.
 The tradeoff accepted: workers share nothing but the sockets. Each worker process is a fresh interpreter
