@@ -50,7 +50,7 @@ ACCEPT_MULTISHOT = 1 << 0  # in sqe.ioprio, for OP_ACCEPT
 ASYNC_CANCEL_ALL, ASYNC_CANCEL_FD = 1 << 0, 1 << 1  # in sqe.op_flags, for OP_ASYNC_CANCEL
 REGISTER_PROBE, REGISTER_ENABLE_RINGS, REGISTER_PBUF_RING = 8, 12, 22
 OFF_SQ_RING, OFF_SQES = 0, 0x10000000  # mmap offsets of the rings (one map for both) and of the SQE array
-FEAT_SINGLE_MMAP, FEAT_NODROP, FEAT_EXT_ARG = 1 << 0, 1 << 1, 1 << 8
+FEAT_SINGLE_MMAP, FEAT_EXT_ARG = 1 << 0, 1 << 8
 # --8<-- [end:constants]
 
 # --8<-- [start:layouts]
