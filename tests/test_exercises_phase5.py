@@ -18,18 +18,17 @@ holding a listening socket.
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 
 import psutil
 import pytest
 from test_http import HELLO, HttpClient, get
+from test_workers import Load
 
 from conftest import Phase, RunningServer
 
@@ -129,70 +128,6 @@ def clients_on_every_worker(server: RunningServer) -> dict[int, HttpClient]:
     return clients
 
 
-# --- load ---------------------------------------------------------------------------------------------------
-
-
-class Churn:
-    """Client threads sending `GET /` until stopped, each on short connections (`Connection: close`) or on a
-    keep-alive one that it replaces when the server says `Connection: close`. A request without its answer
-    is a failure, recorded and never retried."""
-
-    def __init__(self, server: RunningServer, *, keep_alive: bool, pace: float = 0.0) -> None:
-        self.server = server
-        self.keep_alive = keep_alive
-        self.pace = pace  # seconds between two requests of a thread: load that leaves the CPUs some room
-        self.answered = 0
-        self.failures: list[str] = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads: list[threading.Thread] = []
-
-    def start(self, thread_count: int) -> Churn:
-        self.threads = [threading.Thread(target=self.run) for _ in range(thread_count)]
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def run(self) -> None:
-        client: HttpClient | None = None
-        while not self.stopping.is_set():
-            try:
-                if client is None:
-                    client = HttpClient(self.server, timeout=10)
-                client.send(get("/") if self.keep_alive else get("/", "Connection: close"))
-                response = client.response()
-                if (response.status, response.body) != (200, HELLO):
-                    raise http.client.HTTPException(f"{response.status} {response.body[:60]!r}")
-                with self.lock:
-                    self.answered += 1
-                if not self.keep_alive or response.header("Connection") == "close":
-                    client.close()
-                    client = None
-            except (OSError, http.client.HTTPException) as error:
-                with self.lock:
-                    self.failures.append(repr(error))
-                if client is not None:
-                    client.close()
-                    client = None
-            time.sleep(self.pace)
-        if client is not None:
-            client.close()
-
-    def wait_for_answers(self, count: int, within: float = 20.0) -> None:
-        """Until `count` more requests have been answered (polled every 10 ms, at most `within` s)."""
-        target = self.answered + count
-        deadline = time.monotonic() + within
-        while self.answered < target:
-            assert time.monotonic() < deadline, f"{self.answered} answers of {target}; {self.failures[:3]}"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=15)
-        assert not any(thread.is_alive() for thread in self.threads), "a client thread hangs"
-
-
 # --- exercise 4: a heartbeat --------------------------------------------------------------------------------
 
 HEARTBEAT_TIMEOUT = 1.0
@@ -267,11 +202,12 @@ def test_phase5_a_worker_idle_or_busy_is_never_killed(start_server: Callable[...
     time.sleep(3 * HEARTBEAT_TIMEOUT)
     assert {process.pid for process in worker_processes(server)} == workers, "an idle worker was replaced"
     # A new connection per request: the kernel hashes each one anew, so both workers are kept busy.
-    load = Churn(server, keep_alive=False, pace=0.01).start(thread_count=4)
+    load = Load(server, keep_alive=False, pace=0.01)
+    load.start(thread_count=4)
     try:
         busy_until = time.monotonic() + 3 * HEARTBEAT_TIMEOUT
         while time.monotonic() < busy_until:
-            load.wait_for_answers(1)
+            load.wait_for_answers(1, within=20)
             time.sleep(0.05)
     finally:
         load.stop()
@@ -312,7 +248,8 @@ def test_phase5_acceptor_load_from_many_connections_reaches_both_workers(
     server = start_server(*WORKERS, "--model", "acceptor")
     before = cpu_seconds_by_worker(server)
     assert len(before) == 2, f"two workers asked for, {len(before)} found"
-    load = Churn(server, keep_alive=False).start(thread_count=6)  # several connections open at any time
+    load = Load(server, keep_alive=False)
+    load.start(thread_count=6)  # several connections open at any time
     try:
         load.wait_for_answers(1000, within=30)
     finally:
@@ -368,17 +305,18 @@ def test_phase5_acceptor_sighup_under_churn_replaces_every_worker_without_a_fail
     server = start_server(*WORKERS, "--model", "acceptor")
     old_workers = {process.pid for process in worker_processes(server)}
     assert len(old_workers) == 2
-    short = Churn(server, keep_alive=False, pace=0.005).start(thread_count=2)
-    kept = Churn(server, keep_alive=True, pace=0.005).start(thread_count=1)
+    short, kept = Load(server, keep_alive=False, pace=0.005), Load(server, keep_alive=True, pace=0.005)
+    short.start(thread_count=2)
+    kept.start(thread_count=1)
     try:
-        short.wait_for_answers(30)
-        kept.wait_for_answers(30)
+        short.wait_for_answers(30, within=20)
+        kept.wait_for_answers(30, within=20)
         server.process.send_signal(signal.SIGHUP)
         new_workers = wait_for_workers(
             server, lambda pids: len(pids) == 2 and not pids & old_workers, 20, "two new workers, no old one"
         )
-        short.wait_for_answers(30)  # and the new workers serve
-        kept.wait_for_answers(30)
+        short.wait_for_answers(30, within=20)  # and the new workers serve
+        kept.wait_for_answers(30, within=20)
     finally:
         short.stop()
         kept.stop()
