@@ -24,7 +24,7 @@ from .workers import MODELS, ServeFunction, run_worker_process, supervise
 # The optimisations that a switch turns off, so that the bench can measure each one alone. Two more were
 # measured and left off, since no measurement showed them paying: --pin and --gc-freeze.
 OPTIMISATIONS = {
-    "shared_buffer": "every connection receives into its own buffer, held while it is idle",
+    "shared_buffer": "every connection's bytes are fed into its own buffer, held while it is idle",
     "cached_responses": "a fixed route's response is rendered for every request",
 }
 # --8<-- [end:switches]

@@ -151,7 +151,7 @@ MAX_CONTENT_LENGTH_DIGITS = 18  # below 2**63; a longer value is no length we wo
 HEAD, FIXED_BODY, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILERS, CLOSED = range(7)
 
 INITIAL_CAPACITY = 16 * 1024  # a parser's own buffer: made when needed with a shared one, else at once
-SHARED_CAPACITY = 64 * 1024  # the one buffer of an event loop, which every connection receives into
+SHARED_CAPACITY = 64 * 1024  # the one buffer of an event loop, which every connection's bytes are fed into
 MIN_RECEIVE_ROOM = 4 * 1024  # receive_buffer() never offers less room than this
 # RFC 9112 §2.2 asks a server to ignore "at least one" empty line before a request line. A few are tolerated;
 # more is no client we know of, only one that would keep a connection open with bytes that are no request.

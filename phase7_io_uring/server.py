@@ -277,7 +277,7 @@ class Server:
         self.body_min_rate = body_min_rate
         self.shutdown_timeout = shutdown_timeout
         self.limits = limits
-        # One receive buffer for every connection of this loop, which serves one connection at a time: an
+        # One parsing buffer for every connection of this loop, which feeds it one connection at a time: an
         # idle connection then holds no buffer (its parser keeps bytes only while a request is incomplete).
         self.shared_buffer = bytearray(SHARED_CAPACITY) if shared_buffer else None
         # Check deadlines ten times per timeout: a connection closes at most 10% late, for one O(n) scan.
@@ -580,7 +580,7 @@ class Server:
         if result < 0:  # EPIPE, ECONNRESET: the client is gone
             self.close(connection)
             return
-        if result < len(data):  # cut short (by a signal, say): the rest goes first
+        if result < len(data):  # cut short by a signal, or an error the next send meets: the rest goes first
             connection.pending_output[:0] = data[result:]
         if connection.pending_output:
             # What queued meanwhile leaves in one send (a copy: the queue goes on growing while it is out).

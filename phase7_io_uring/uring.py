@@ -1,3 +1,4 @@
+# --8<-- [start:theory]
 """io_uring from the standard library: three system calls through ctypes, two rings shared through mmap.
 
 Theory of operation. An io_uring is a pair of ring buffers that the kernel and this process share. We write a
@@ -23,6 +24,7 @@ operation, which must be submitted again if still wanted. A multishot receive pi
 give the buffer back. The one accepted tradeoff: every offset comes from the kernel at set-up, but the
 opcodes, flags and struct layouts are written here from the kernel's UAPI header (linux/io_uring.h), x86-64.
 """
+# --8<-- [end:theory]
 
 import ctypes
 import errno
@@ -199,7 +201,8 @@ class Ring:
 
     def send(self, fd: int, address: int, length: int, user_data: int) -> None:
         """Send `length` bytes from `address` (which must stay put until the CQE). MSG_WAITALL: the kernel
-        retries a partial send itself, so a CQE for less than `length` means the connection failed."""
+        retries a partial send itself, so a CQE for less than `length` means an error or a signal stopped it
+        after part was sent."""
         self._push(OP_SEND, 0, 0, fd, 0, address, length, MSG_WAITALL_NOSIGNAL, user_data)
 
     def poll(self, fd: int, events: int, user_data: int) -> None:
