@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.results import NOISY_OTHER_SHARE, IdleMemory, Measurement, Results, Spread
+from bench.results import NOISY_OTHER_SHARE, IdleMemory, Measurement, Results, Spread, measured_on
 from bench.wrk import Scenario
 
 REFERENCE = "nginx"  # the target every other one is compared with, run by run, in each scenario
@@ -680,4 +680,6 @@ def parser_micro_markdown(results: dict[str, Any]) -> str:
         rows = [[template.format(**row) for _, _, template in columns] for row in results[key]]
         header, align = [column[0] for column in columns], [column[1] for column in columns]
         lines += ["", title, "", *markdown_table(header, rows, align)]
+    phase = settings["phase"]
+    lines += ["", measured_on(results, f"make bench-parser PHASE={phase}")]
     return "\n".join(lines) + "\n"

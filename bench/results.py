@@ -322,6 +322,15 @@ class Results:
         return document
 
 
+def measured_on(contents: dict[str, Any], rerun: str) -> str:
+    """The sentence under a generated table: when and on what it was measured, and the command to redo it."""
+    machine = contents["machine"]
+    return (
+        f"Measured {contents['created'][:10]} on {machine['cpu_model']} ({machine['cores']} cores), Linux"
+        f" {machine['kernel']}, Python {machine['python']}; rerun: `{rerun}`."
+    )
+
+
 def now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 

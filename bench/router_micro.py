@@ -40,7 +40,7 @@ import werkzeug.routing
 
 from bench.micro import REPEATS, TARGET_SECONDS, add_phase_option, seconds_per_call
 from bench.report import markdown_table
-from bench.results import add_publishing_options, document, harness_command, save_and_publish
+from bench.results import add_publishing_options, document, harness_command, measured_on, save_and_publish
 from tools.phases import REPO_ROOT
 
 PUBLISHED_NAME = "router_micro"  # bench/results/router_micro.json: the results the docs show
@@ -249,6 +249,7 @@ def markdown(results: dict[str, Any]) -> str:
         rows,
         ["---", "---:", "---", *(["---:"] * len(ROUTERS))],
     )
+    lines += ["", measured_on(results, "make bench-router")]
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ from bench import __main__ as bench_main
 from bench import (
     abuse,
     charts,
+    costs,
     cpu,
     echo,
     flame,
@@ -455,6 +456,11 @@ def test_the_published_tables_are_what_the_committed_results_files_give() -> Non
         assert table.read_text() == report.parser_micro_markdown(parser_results)
     abuse_results = results.read_document(REPO_ROOT / "bench" / "results" / "abuse.json", "abuse")
     assert (generated / "abuse.md").read_text() == abuse.markdown(abuse_results)
+    costs_results = results.read_document(REPO_ROOT / "bench" / "results" / "costs.json", "costs")
+    assert (generated / "costs.md").read_text() == costs.markdown(costs_results, "bench/results/costs.json")
+    router_path = REPO_ROOT / "bench" / "results" / "router_micro.json"
+    router_results = results.read_document(router_path, "router_micro")
+    assert (generated / "router_micro.md").read_text() == router_micro.markdown(router_results)
 
 
 def test_the_abuse_table_has_an_attack_per_row_and_a_label_per_column() -> None:
