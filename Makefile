@@ -116,7 +116,7 @@ bench-workers: $(STAMP) system-tools  ## phase 5: the three models, kill -9, SIG
 bench-ablation: $(STAMP) bench-tools  ## phase 6: each optimisation turned off in turn, one run
 	$(PY) -m bench.ablation --publish
 
-bench-costs: $(STAMP) bench-tools  ## nginx, phases 5 and 6, the floor: user and system CPU, system calls per request
+bench-costs: $(STAMP) bench-tools  ## nginx, phases 5 to 7, the floor: user and system CPU, system calls per request
 	$(PY) -m bench.costs --publish
 
 flame: $(STAMP) system-tools  ## a flamegraph of $(PHASE) under load, published in docs/assets/flame/
