@@ -600,13 +600,14 @@ def syscall_table(report: dict[str, Any]) -> str:
         + [f"{count['per_round_trip'].get(name, 0.0):.2f}" for name in ECHO_SYSCALL_COLUMNS]
         for count in report["syscalls"]["counts"]
     ]
-    method = report["settings"]
+    method, machine = report["settings"], report["machine"]
     note = (
         "_System calls the server made per round trip, in one counted run per cell (not the timed runs): "
         "`perf stat` on the kernel's syscall tracepoints, attached to the server pid; `recvfrom EAGAIN` "
         "counts the reads that found nothing, `all` every system call. Round trips of "
         f"{method['message_bytes']} bytes per client: {trips_note(method)}. "
-        f"{echo_date(report)}; rerun: `make bench-echo`._"
+        f"{machine['cores']} x {machine['cpu_model']}, Linux {machine['kernel']}, "
+        f"Python {machine['python']}, {echo_date(report)}; rerun: `make bench-echo`._"
     )
     return echo_table(header, rows) + "\n\n" + note + "\n"
 
