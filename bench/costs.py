@@ -1,35 +1,40 @@
 """Where a request's CPU time goes: the kernel or the interpreter, and which system calls it makes.
 
     make bench-costs                                             # published: bench/results/costs.json
-    .venv/bin/python -m bench.costs --duration 2                 # a quick look: exploratory-costs-NAME.json
+    .venv/bin/python -m bench.costs --duration 2 --runs 1        # a quick look: exploratory-costs-NAME.json
 
 For nginx, phases 5, 6 and 7 and the floor, one worker pinned as the bench pins it, in the keep-alive,
 pipelined and churn (one request per connection) scenarios: the server's CPU time per request split into user
 time (the server's own code: for our phases, the interpreter running our Python) and system time (the
-kernel: the system calls and the TCP stack under them), read from /proc around a wrk run; then, in a second
-run, every system call the server makes, counted by `strace -c` attached to it, per request.
-The tradeoff: strace stops the server at every system call, so the second run is slow and measures counts
-only, never time; the split comes from the first run, made without it. One run each: the split is for
-reading where the time goes, the bench's medians are for comparing.
+kernel: the system calls and the TCP stack under them), read from /proc around a wrk run; then, once per
+target and scenario, every system call the server makes, counted by `strace -c` attached to it, per request.
+As in the bench, the targets take turns run by run, each run on a fresh server after a warm-up, a run that
+other processes disturbed is repeated, and the table shows the median of the runs with their range.
+The tradeoff: strace stops the server at every system call, so its run is slow and measures counts only,
+never time; the split comes from the timed runs, made without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from bench import targets, wrk
-from bench.report import markdown_table
+from bench import cpu, targets, wrk
+from bench.report import EN_DASH, markdown_table
 from bench.results import add_publishing_options, document, harness_command, measured_on, save_and_publish
 from tools.phases import REPO_ROOT
 
@@ -72,30 +77,75 @@ def strace_counts(pid: int, seconds: int, load: list[str]) -> tuple[dict[str, in
     return counts, result.requests
 
 
+@dataclass(frozen=True)
+class Split:
+    """One timed run: the serving process's user and system CPU per request, and how busy the rest was."""
+
+    requests: int
+    user_us_per_request: float
+    system_us_per_request: float
+    other_cpu_share: float  # of a core, used by neither the server's tree nor wrk: a high one is repeated
+
+
+def timed_split(server: targets.RunningTarget, load: list[str], seconds: int) -> Split:
+    process = serving_process(server)
+    (user_before, system_before), tree_before = cpu_split(process), cpu.tree_cpu_seconds(server.pid)
+    machine_before = cpu.machine_cpu_seconds()
+    result, client_cpu_s = wrk.run(load, seconds)
+    machine_cpu_s = cpu.machine_cpu_seconds() - machine_before
+    (user_after, system_after), tree_after = cpu_split(process), cpu.tree_cpu_seconds(server.pid)
+    requests = max(result.requests, 1)
+    other = max(0.0, machine_cpu_s - (tree_after - tree_before) - client_cpu_s) / result.duration_s
+    return Split(
+        result.requests,
+        (user_after - user_before) * 1e6 / requests,
+        (system_after - system_before) * 1e6 / requests,
+        round(other, 3),
+    )
+
+
 def measure_one(
-    target: targets.Target, scenario: wrk.Scenario, seconds: int, scratch: Path
-) -> dict[str, Any]:
+    target: targets.Target,
+    scenario: wrk.Scenario,
+    seconds: int,
+    scratch: Path,
+    *,
+    count_calls: bool,
+    repeats: cpu.RepeatBudget,
+) -> tuple[Split, list[Split], tuple[dict[str, int], int] | None]:
+    """One timed run of a target in a scenario, on a fresh server (repeated while disturbed); with
+    `count_calls`, then a strace run on the same server: its calls by name, and the requests wrk counted."""
     server = targets.start(target, SERVER_CPUS, scratch, scratch)
     try:
-        process = serving_process(server)
         load = wrk.command(scenario, server.origin, seconds, CLIENT_CPUS)
         wrk.run(wrk.command(scenario, server.origin, 1, CLIENT_CPUS), 1)  # warm-up
-        user_before, system_before = cpu_split(process)
-        result, _ = wrk.run(load, seconds)
-        user_after, system_after = cpu_split(process)
-        calls, traced_requests = strace_counts(process.pid, seconds, load)
+
+        def say_again(share: float) -> None:
+            print(f"{target.name} {scenario.name}: other processes used {share:.0%} of a core; again")
+
+        kept, discarded = cpu.quietest_of(lambda: timed_split(server, load, seconds), repeats, say_again)
+        traced = strace_counts(serving_process(server).pid, seconds, load) if count_calls else None
     finally:
         server.stop()
-    requests = max(result.requests, 1)
-    return {
-        "target": target.name,
-        "scenario": scenario.name,
-        "requests": result.requests,
-        "user_us_per_request": (user_after - user_before) * 1e6 / requests,
-        "system_us_per_request": (system_after - system_before) * 1e6 / requests,
-        "traced_requests": traced_requests,
-        "calls": calls,
-    }
+    return kept, discarded, traced
+
+
+def row(target: str, scenario: str) -> dict[str, Any]:
+    """A target's row in one scenario, before any run: the medians are filled in run by run."""
+    return {"target": target, "scenario": scenario, "requests": 0, "runs": [], "discarded_runs": []}
+
+
+def add_run(
+    row: dict[str, Any], kept: Split, discarded: list[Split], traced: tuple[dict[str, int], int] | None
+) -> None:
+    """One more timed run in a row: its figures, and the row's medians (and its system calls, if counted)."""
+    row["runs"].append(dataclasses.asdict(kept))
+    row["discarded_runs"] += [dataclasses.asdict(split) for split in discarded]
+    row["requests"] += kept.requests
+    for figure in ("user_us_per_request", "system_us_per_request"):
+        row[figure] = statistics.median(run[figure] for run in row["runs"])
+    if traced is not None:
+        row["calls"], row["traced_requests"] = traced
 
 
 def available_targets() -> dict[str, targets.Target]:
@@ -110,18 +160,28 @@ def available_targets() -> dict[str, targets.Target]:
     return chosen
 
 
+def median_and_range(values: list[float]) -> str:
+    """`22.4 µs (20.1 to 25.0, as an en dash)`: the median of the runs, then the lowest and the highest."""
+    if len(values) == 1:
+        return f"{values[0]:.1f} µs"
+    low, high = min(values), max(values)
+    return f"{statistics.median(values):.1f} µs ({low:.1f}{EN_DASH}{high:.1f})"
+
+
 def per_request(calls: float) -> str:
     """Calls per request, with two significant digits below 0.01 (an io_uring loop makes that few)."""
     return f"{calls:.2f}" if calls >= 0.01 or calls == 0 else f"{calls:.2g}"
 
 
 def markdown(contents: dict[str, Any], source: str) -> str:
+    settings = contents["settings"]
     lines = [
         f"<!-- Generated by bench/costs.py from {source}. Do not edit by hand. -->",
         "",
-        "One run of each, the targets one after another; one worker on CPU 1, wrk on CPU 0. User and system",
-        "time from /proc in a run without strace; system calls from `strace -c` in a second run, per request",
-        "that wrk counted in it.",
+        f"Median of {settings['runs']} run(s) of {settings['duration_s']} s (lowest to highest), the targets",
+        "taking turns run by run; one worker on CPU 1, wrk on CPU 0. User and system time from /proc, in",
+        "runs without strace; system calls from `strace -c` in one more run, per request that wrk counted",
+        "in it.",
         measured_on(contents, "make bench-costs"),
     ]
     for scenario in SCENARIOS:
@@ -137,8 +197,8 @@ def markdown(contents: dict[str, Any], source: str) -> str:
             rows.append(
                 [
                     row["target"],
-                    f"{row['user_us_per_request']:.1f} µs",
-                    f"{row['system_us_per_request']:.1f} µs",
+                    median_and_range([run["user_us_per_request"] for run in row["runs"]]),
+                    median_and_range([run["system_us_per_request"] for run in row["runs"]]),
                     per_request(sum(row["calls"].values()) / requests),
                     ", ".join(shown),
                 ]
@@ -165,6 +225,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         prog=".venv/bin/python -m bench.costs", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--duration", type=int, default=5, help="seconds per run (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per target (default: %(default)s)")
     add_publishing_options(parser, PUBLISHED_NAME, "make bench-costs")
     return parser.parse_args(argv)
 
@@ -180,19 +241,27 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {int(CLIENT_CPUS)})  # the harness stays off the server's CPU
         chosen = available_targets()
         scenarios = {scenario.name: scenario for scenario in wrk.SCENARIOS}
+        rows = {(name, scenario): row(name, scenario) for scenario in SCENARIOS for name in chosen}
+        repeats = cpu.RepeatBudget.for_runs(len(rows) * options.runs)
         with tempfile.TemporaryDirectory(prefix="bench-costs-") as scratch:
             try:
-                rows = [
-                    measure_one(chosen[name], scenarios[scenario], options.duration, Path(scratch) / name)
-                    for scenario in SCENARIOS
-                    for name in chosen
-                ]
+                # Run by run, every target in turn: the machine's drift lands on all of them alike.
+                for scenario, number, name in itertools.product(SCENARIOS, range(options.runs), chosen):
+                    kept, discarded, traced = measure_one(
+                        chosen[name],
+                        scenarios[scenario],
+                        options.duration,
+                        Path(scratch) / name,
+                        count_calls=number == 0,
+                        repeats=repeats,
+                    )
+                    add_run(rows[name, scenario], kept, discarded, traced)
+                    print(f"{scenario} run {number + 1}/{options.runs} {name}: {kept}", flush=True)
             finally:
                 os.sched_setaffinity(0, previous)
         command = harness_command("bench.costs", argv)
-        return document(
-            PUBLISHED_NAME, PUBLISHED_NAME, command, {}, {"duration_s": options.duration}, rows=rows
-        )
+        settings = {"duration_s": options.duration, "runs": options.runs}
+        return document(PUBLISHED_NAME, PUBLISHED_NAME, command, {}, settings, rows=list(rows.values()))
 
     return save_and_publish(
         options, PUBLISHED_NAME, measure, lambda contents, source: {TABLE: markdown(contents, source)}

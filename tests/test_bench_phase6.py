@@ -53,7 +53,7 @@ def test_a_costs_smoke_run_splits_the_time_and_counts_the_calls(
     require_tool("wrk")
     require_tool("strace")
     monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
-    assert costs.main(SMOKE) == 0
+    assert costs.main([*SMOKE, "--runs", "1"]) == 0
     measured_output = capsys.readouterr().out
     path = tmp_path / "exploratory-costs-test.json"
     contents = results.read_document(path, "costs")
@@ -62,7 +62,7 @@ def test_a_costs_smoke_run_splits_the_time_and_counts_the_calls(
     present = list(costs.available_targets())  # nginx is a peer, which a reader may not have installed
     assert set(rows) == {(target, scenario) for target in present for scenario in costs.SCENARIOS}
     for (target, _), row in rows.items():
-        assert row["requests"] > 0 and row["traced_requests"] > 0
+        assert row["requests"] > 0 and row["traced_requests"] > 0 and len(row["runs"]) == 1
         assert row["user_us_per_request"] + row["system_us_per_request"] > 0
         if target == "phase7_io_uring":  # its sends and receives are operations on the ring
             assert row["calls"].get("io_uring_enter", 0) > 0 and "recvfrom" not in row["calls"], row["calls"]
@@ -74,3 +74,8 @@ def test_a_costs_smoke_run_splits_the_time_and_counts_the_calls(
     assert page in measured_output
     assert costs.main(["--from-results", str(path)]) == 0
     assert capsys.readouterr().out == page + "\n"
+
+
+def test_the_costs_table_shows_the_median_of_the_runs_and_their_range() -> None:
+    assert costs.median_and_range([12.0, 30.5, 20.25]) == "20.2 µs (12.0\N{EN DASH}30.5)"
+    assert costs.median_and_range([7.0]) == "7.0 µs"
