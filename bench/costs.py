@@ -130,7 +130,7 @@ def measure_one(
     return kept, discarded, traced
 
 
-def row(target: str, scenario: str) -> dict[str, Any]:
+def empty_row(target: str, scenario: str) -> dict[str, Any]:
     """A target's row in one scenario, before any run: the medians are filled in run by run."""
     return {"target": target, "scenario": scenario, "requests": 0, "runs": [], "discarded_runs": []}
 
@@ -161,7 +161,7 @@ def available_targets() -> dict[str, targets.Target]:
 
 
 def median_and_range(values: list[float]) -> str:
-    """`22.4 µs (20.1 to 25.0, as an en dash)`: the median of the runs, then the lowest and the highest."""
+    """The median of the runs and, if there are several, their lowest and highest, as the bench shows them."""
     if len(values) == 1:
         return f"{values[0]:.1f} µs"
     low, high = min(values), max(values)
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {int(CLIENT_CPUS)})  # the harness stays off the server's CPU
         chosen = available_targets()
         scenarios = {scenario.name: scenario for scenario in wrk.SCENARIOS}
-        rows = {(name, scenario): row(name, scenario) for scenario in SCENARIOS for name in chosen}
+        rows = {(name, scenario): empty_row(name, scenario) for scenario in SCENARIOS for name in chosen}
         repeats = cpu.RepeatBudget.for_runs(len(rows) * options.runs)
         with tempfile.TemporaryDirectory(prefix="bench-costs-") as scratch:
             try:
