@@ -586,7 +586,12 @@ class Server:
             # What queued meanwhile leaves in one send (a copy: the queue goes on growing while it is out).
             self.start_sending(connection, bytes(connection.pending_output))
             connection.pending_output.clear()
+            was_reading = connection.reading
             self.update_interest(connection)
+            if connection.reading and not was_reading:
+                # Backpressure is over: answer the requests it held in the parser. No new bytes may ever
+                # come to do it (the client may have sent its whole pipeline already).
+                self.process_requests(connection)
             return
         if connection.reading and connection.pending_file is None and not connection.closing:
             return  # the common case: nothing held back, since requests are answered as they arrive

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -48,6 +49,30 @@ def read_until_closed(sock: socket.socket, within: float) -> tuple[bytes, str]:
             return bytes(received), "eof"
         received += chunk
         sock.settimeout(max(0.01, deadline - time.monotonic()))
+
+
+def unread_by_the_server(client: socket.socket) -> int:
+    """The bytes `client` sent that sit in the server's receive queue, not yet read: the rx_queue of the
+    server's end of the connection in /proc/net/tcp (ports in hexadecimal)."""
+    client_port, server_port = client.getsockname()[1], client.getpeername()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, _state, queues = line.split()[1:5]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            return int(queues.split(":")[1], 16)
+    raise LookupError(f"no server socket for client port {client_port} in /proc/net/tcp")
+
+
+def wait_for_server_to_stop_reading(client: socket.socket, within: float = 20.0) -> None:
+    """Wait until the server has read every byte `client` sent, or has left the same number unread for half a
+    second (a server paused by backpressure). A busy machine can only make this return early."""
+    deadline = time.monotonic() + within
+    unread, unchanged_since = unread_by_the_server(client), time.monotonic()
+    while unread and time.monotonic() - unchanged_since < 0.5:
+        assert time.monotonic() < deadline, f"the server read our bytes for {within} s without end"
+        time.sleep(0.01)
+        now_unread = unread_by_the_server(client)
+        if now_unread != unread:
+            unread, unchanged_since = now_unread, time.monotonic()
 
 
 def answered_quickly(server: RunningServer, within: float = 1.0) -> bool:
@@ -318,6 +343,27 @@ def test_a_slow_reader_of_a_long_pipeline_gets_every_answer(
             received += chunk
         sender.join(timeout=10)
     assert received.count(b"HTTP/1.1 200 OK\r\n") == count
+
+
+@pytest.mark.needs("pipelining")
+def test_a_pipeline_sent_whole_before_any_answer_is_read_gets_every_answer(server: RunningServer) -> None:
+    """The client sends its whole pipeline, then reads. Backpressure pauses the server, and once a pause comes
+    after the last byte has arrived, the requests left are all in the parser: no more bytes will come to wake
+    it, so resuming must answer them. Where that happens depends on socket buffer sizes, so several lengths."""
+    for count in (40_000, 45_000, 50_000):  # 1.1-1.4 MB of heads, 5.6-7 MB of answers
+        with socket.socket() as sock:
+            sock.settimeout(5)
+            sock.connect(server.address)
+            sender = threading.Thread(target=sock.sendall, args=(get("/") * count,), daemon=True)
+            sender.start()
+            sender.join(timeout=10)
+            wait_for_server_to_stop_reading(sock)
+            received = bytearray()
+            while received.count(b"HTTP/1.1 ") < count:
+                chunk = sock.recv(1 << 20)  # a stall raises TimeoutError here
+                assert chunk, f"closed after {received.count(b'HTTP/1.1 ')} of {count} answers"
+                received += chunk
+        assert received.count(b"HTTP/1.1 200 OK\r\n") == count
 
 
 # --- backpressure and the lingering close, seen from outside ----------------------------------------
