@@ -712,10 +712,22 @@ class Server:
                 self.on_strict_deadline(connection)
             elif connection.deadline <= now:
                 self.close(connection)
+            elif self.draining and self.is_idle(connection):
+                # Stopping: between two requests, a connection has DRAIN_GRACE to send its last one.
+                connection.deadline = min(connection.deadline, now + DRAIN_GRACE)
         if not self.accepting and len(self.connections) < self.max_connections:
             # Paused for lack of fds or memory with no connection left to close: a close cannot resume us.
             self.resume_accepting()
         self.next_sweep = now + self.sweep_interval
+
+    def is_idle(self, connection: Connection) -> bool:
+        """Between two requests: nothing of a request received, nothing of an answer still going out."""
+        return not (
+            connection.closing
+            or connection.parser.has_partial_request
+            or connection.sending is not None
+            or connection.pending_file is not None
+        )
 
     def on_strict_deadline(self, connection: Connection) -> None:
         if connection.closing:
@@ -764,17 +776,11 @@ class Server:
         for fd in self.waiting:  # accepted already: they are ours to serve, like every connection
             self.admit(fd, now)
         self.waiting.clear()
-        for connection in list(self.connections.values()):
-            if connection.closing or connection.parser.has_partial_request:
-                continue  # its last answer is queued already, or will say `Connection: close`
-            if connection.sending is not None or connection.pending_file is not None:
-                connection.closing = True  # between two requests: close once its answers are sent
-                connection.parser.close()
-            else:
-                # Idle between two requests, or new. Closing it now would fail a request that is on its way
-                # (the client cannot know we are leaving): it has DRAIN_GRACE to send one, answered with
-                # `Connection: close`; the sweep closes it after that.
-                connection.deadline = min(connection.deadline, now + DRAIN_GRACE)
+        # Every connection may have a request on its way (the client cannot know we are leaving), even one
+        # whose answer is still in flight: a send completes after the kernel has taken its bytes, maybe after
+        # the client has read them and sent its next request. So no parser is closed here: each request that
+        # comes is answered with `Connection: close`, and the sweep gives an idle connection DRAIN_GRACE.
+        self.next_sweep = now  # at the end of this turn
         print(
             f"{reason}: draining {len(self.connections)} connection(s) for at most {self.shutdown_timeout} s",
             file=sys.stderr,
