@@ -80,6 +80,8 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 DRAIN_GRACE = 1.0
 # After an answer that ends the connection, how long we keep draining what the client still sends.
 LINGER_TIMEOUT = 2.0
+# On the way out, how long the ring has to finish the closes asked of it (it takes microseconds).
+LAST_CLOSES_TIMEOUT = 1.0
 # Backpressure: stop reading from a client that has this much of our output still unread...
 DEFAULT_HIGH_WATER_MARK = 1024 * 1024
 # ...and read again once its pending output has drained below this. The gap keeps us from flapping.
@@ -270,6 +272,9 @@ class Server:
         # The bytes of sends still in flight on closed connections: the kernel may read them until the send's
         # completion (its cancellation) comes back, so they must live until then.
         self.orphaned_sends: dict[int, bytes] = {}
+        # Closes are the ring's operations too: one not yet done when the ring goes would never be done, and
+        # its descriptor would stay open for as long as the process lives (thread workers share one process).
+        self.closes_in_flight = 0
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout
@@ -364,6 +369,8 @@ class Server:
             self.on_stop_signal(result, now)
         elif user_data & OPERATION_MASK == SEND:  # a closed connection's send is over: its bytes may go
             self.orphaned_sends.pop(user_data >> OPERATION_BITS, None)
+        elif user_data & OPERATION_MASK == CLOSE:  # a closed connection's descriptor is gone
+            self.closes_in_flight -= 1
         # Anything else is over and needs nothing: a closed connection's receive, a cancellation that found
         # nothing left to cancel.
 
@@ -701,7 +708,8 @@ class Server:
         if connection.sending is not None:  # the kernel may read these bytes until the send is over
             self.orphaned_sends[connection.number] = connection.sending
         # The receive (and any send or poll) in flight holds the socket open: cancel them, then close.
-        self.ring.cancel_all_then_close(connection.fd, connection.number << OPERATION_BITS | CLOSE)
+        self.ring.cancel_all_then_close(connection.fd, CANCEL_TAG, connection.number << OPERATION_BITS | CLOSE)
+        self.closes_in_flight += 1
         if not self.accepting:
             self.resume_accepting()
 
@@ -791,14 +799,18 @@ class Server:
         """Close what is left (connections the shutdown timeout, or a second signal, cut short)."""
         if self.connections:
             print(f"stopping: {len(self.connections)} connection(s) cut", file=sys.stderr, flush=True)
-        # Closing the ring cancels every operation in flight, which drops its references to our sockets; the
+        # Every close asked of the ring, these and those of the last turns, is done before the ring goes (and
+        # so is that of a client an accept still in flight brings in meanwhile).
+        deadline = time.monotonic() + LAST_CLOSES_TIMEOUT
+        while (self.connections or self.closes_in_flight) and (now := time.monotonic()) < deadline:
+            for connection in list(self.connections.values()):
+                self.close(connection)
+            self.ring.submit_and_wait(deadline - now)
+            for user_data, result, flags in self.ring.completions():
+                self.on_other_completion(user_data, result, flags, now)
+        # Closing the ring cancels every operation still in flight (the accept, the wakeup's receive); the
         # kernel writes into our buffers only from inside our own io_uring_enter calls, so none comes later.
         self.ring.close()
-        for connection in self.connections.values():
-            os.close(connection.fd)
-            if connection.pending_file is not None:
-                os.close(connection.pending_file.fd)
-        self.connections.clear()
         for fd in self.waiting:
             os.close(fd)
         self.waiting.clear()

@@ -213,14 +213,15 @@ class Ring:
         """Cancel the operation tagged `target_user_data` (it ends, -ECANCELED); no CQE unless this fails."""
         self._push(OP_ASYNC_CANCEL, SQE_CQE_SKIP_SUCCESS, 0, -1, 0, target_user_data, 0, 0, user_data)
 
-    def cancel_all_then_close(self, fd: int, user_data: int) -> None:
-        """Cancel every operation on `fd`, then close it. An armed multishot receive holds a reference to the
-        socket: a close alone would leave the connection open (no FIN) until that receive ended."""
+    def cancel_all_then_close(self, fd: int, cancel_user_data: int, close_user_data: int) -> None:
+        """Cancel every operation on `fd` (no CQE unless that fails), then close it: the close's CQE says the
+        descriptor is gone. An armed multishot receive holds a reference to the socket: a close alone would
+        leave the connection open (no FIN) until that receive ended."""
         cancel_flags = ASYNC_CANCEL_FD | ASYNC_CANCEL_ALL
         # A hard link runs the close after the cancel even when the cancel fails (nothing left to cancel).
         link = SQE_IO_HARDLINK | SQE_CQE_SKIP_SUCCESS
-        self._push(OP_ASYNC_CANCEL, link, 0, fd, 0, 0, 0, cancel_flags, user_data)
-        self._push(OP_CLOSE, SQE_CQE_SKIP_SUCCESS, 0, fd, 0, 0, 0, 0, user_data)
+        self._push(OP_ASYNC_CANCEL, link, 0, fd, 0, 0, 0, cancel_flags, cancel_user_data)
+        self._push(OP_CLOSE, 0, 0, fd, 0, 0, 0, 0, close_user_data)
 
     def nop(self, user_data: int) -> None:
         self._push(OP_NOP, 0, 0, -1, 0, 0, 0, 0, user_data)

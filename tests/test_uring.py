@@ -150,9 +150,10 @@ def test_a_close_alone_leaves_a_connection_open_under_an_armed_receive_and_cance
     phase: Phase,
 ) -> None:
     """A multishot receive holds a reference to its socket: os.close() drops only the descriptor, the peer
-    gets no FIN. cancel_all_then_close() ends the receive first, and the close is then the last reference."""
+    gets no FIN. cancel_all_then_close() ends the receive first, and the close is then the last reference
+    (its completion says so)."""
     uring = phase.import_module("uring")
-    closed_alone_tag, receive_tag, close_tag = 1, 2, 3
+    closed_alone_tag, receive_tag, cancel_tag, close_tag = 1, 2, 3, 4
     with socket.create_server(("127.0.0.1", 0)) as listener:
         closed_alone, closed_alone_fd = accepted_pair(listener)
         cancelled, cancelled_fd = accepted_pair(listener)
@@ -165,9 +166,9 @@ def test_a_close_alone_leaves_a_connection_open_under_an_armed_receive_and_cance
             os.close(closed_alone_fd)
             assert reap(ring, 1, within=0.1) == []
             assert not sees_end_of_stream(closed_alone, within=0.3), "closed under an armed receive: a FIN"
-            ring.cancel_all_then_close(cancelled_fd, close_tag)
-            # The receive's last completion, and nothing else: the cancel and the close succeed silently.
-            assert reap(ring, 2, within=0.3) == [(receive_tag, -errno.ECANCELED, 0)]
+            ring.cancel_all_then_close(cancelled_fd, cancel_tag, close_tag)
+            # The receive's last completion, then the close's: the cancel succeeds silently.
+            assert reap(ring, 2, within=2) == [(receive_tag, -errno.ECANCELED, 0), (close_tag, 0, 0)]
             assert sees_end_of_stream(cancelled, within=2), "cancelled, then closed: no FIN"
         # The ring is closed, and with it the receive that held the first socket: it goes at last.
         assert sees_end_of_stream(closed_alone, within=2)
@@ -284,11 +285,13 @@ def buffers_in_the_ring(server: Any, within: float = 5.0) -> int:
 @contextlib.contextmanager
 def serving_in_a_thread(server: Any, after_the_loop: Callable[[], None] = lambda: None) -> Iterator[None]:
     """Run `server` in a thread of this process, then stop it as a SIGTERM would, twice (at once); the
-    thread runs `after_the_loop` once its loop is over, while the ring is still open."""
+    thread runs `after_the_loop` once its loop is over, while the ring is still open, then shuts the server
+    down (the ring's one submitter is the thread that runs its loop, as in serve())."""
 
     def serve() -> None:
         server.serve_forever()
         after_the_loop()
+        server.shutdown()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -297,7 +300,6 @@ def serving_in_a_thread(server: Any, after_the_loop: Callable[[], None] = lambda
     finally:
         server.wakeup_writer.send(bytes([signal.SIGTERM, signal.SIGTERM]))  # as the signal handler writes
         thread.join(timeout=10)
-        server.shutdown()
         server.listener.close()
 
 

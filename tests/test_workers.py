@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import psutil
 import pytest
+from test_abuse import fds_settle_at
 from test_http import HELLO, HttpClient, get, post_echo
 
 from conftest import Phase, RunningServer, start_phase
@@ -484,6 +485,30 @@ def test_sighups_under_keep_alive_load_fail_no_request(
     finally:
         load.stop()
     assert load.failures == [], f"{len(load.failures)} failed requests, e.g. {load.failures[:3]}"
+
+
+@pytest.mark.needs("rolling_restart")
+def test_rolling_restarts_of_thread_workers_leak_no_descriptor(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """Thread workers live in the supervisor's process: whatever a stopped loop leaves open stays open, and a
+    restart a day for a year would run the process out of descriptors. After SIGHUPs under load, once the
+    clients are gone, the process holds the descriptors it held when it started."""
+    server = start_server("--model", "threads")
+    idle = server.open_fds()
+    load = Load(server, keep_alive=True)
+    load.start(thread_count=4)
+    try:
+        for _ in range(6):
+            load.wait_for_answers(50)
+            mark = len(server.stderr_so_far())
+            server.process.send_signal(signal.SIGHUP)
+            wait_for_log(server, r"^supervisor: rolling restart done", after=mark, within=15)
+    finally:
+        load.stop()
+    assert load.failures == []
+    settled = fds_settle_at(server, idle)
+    assert settled == idle, f"{settled} descriptors open after 6 restarts, {idle} before"
 
 
 # --- no zombie ------------------------------------------------------------------------------------------
