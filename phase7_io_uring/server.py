@@ -29,6 +29,7 @@ in, and says when it is ready. Several loops, each in its own process (or thread
 
 import errno
 import gc
+import itertools
 import os
 import resource
 import select
@@ -37,7 +38,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 
@@ -90,6 +91,9 @@ DEFAULT_LOW_WATER_MARK = 256 * 1024
 # buffer goes back to the ring as soon as its bytes are copied into a parser, within the loop turn.
 DEFAULT_RECEIVE_BUFFERS = 1024
 RECEIVE_BUFFER_SIZE = 4096
+# A connection's receive completions handled per loop turn (16 KiB at most, as an epoll loop reads per turn):
+# the rest wait for the next turn, so that a client sending without pause cannot keep the others waiting.
+RECEIVES_PER_TURN = 4
 # The submission ring's size; the completion ring has four times as many entries, since one multishot
 # operation posts many completions (those that find it full wait in the kernel: nothing is lost).
 RING_ENTRIES = 1024
@@ -272,6 +276,8 @@ class Server:
         # The bytes of sends still in flight on closed connections: the kernel may read them until the send's
         # completion (its cancellation) comes back, so they must live until then.
         self.orphaned_sends: dict[int, bytes] = {}
+        # Receive completions beyond a connection's share of a turn, kept for the next turn (see poll_once).
+        self.held_back: list[tuple[int, int, int]] = []
         # Closes are the ring's operations too: one not yet done when the ring goes would never be done, and
         # its descriptor would stay open for as long as the process lives (thread workers share one process).
         self.closes_in_flight = 0
@@ -326,10 +332,16 @@ class Server:
         ring = self.ring
         # One system call per turn: what this turn prepared goes to the kernel, and we wait for completions.
         self.buffers.publish()  # the buffers recycled last turn, back in the ring before it runs
-        ring.submit_and_wait(self.sweep_interval)
+        # Completions held back last turn come first, before any new one: with some waiting, we do not wait.
+        ring.submit_and_wait(0.0 if self.held_back else self.sweep_interval)
         now = time.monotonic()
-        for user_data, result, flags in ring.completions():
-            connection = connections.get(user_data >> OPERATION_BITS)
+        batch: Iterable[tuple[int, int, int]] = ring.completions()
+        if self.held_back:
+            batch, self.held_back = itertools.chain(self.held_back, batch), []
+        receives: dict[int, int] = {}  # receive completions handled this turn, by connection number
+        for user_data, result, flags in batch:
+            number = user_data >> OPERATION_BITS
+            connection = connections.get(number)
             if connection is None:  # the loop's own operation, or one of a connection closed meanwhile
                 try:
                     self.on_other_completion(user_data, result, flags, now)
@@ -339,6 +351,8 @@ class Server:
                     log_exception("unexpected error in the event loop, which serves on")
                 continue
             operation = user_data & OPERATION_MASK
+            if operation == RECEIVE and not self.in_its_share(connection, receives, user_data, result, flags):
+                continue
             try:
                 connection.deadline = now + self.idle_timeout
                 if operation == RECEIVE:
@@ -359,6 +373,22 @@ class Server:
         # Done once no connection is left and the accept is over: clients it took meanwhile are ours to serve.
         if self.draining and ((not connections and not self.accept_armed) or now >= self.stop_deadline):
             self.running = False
+
+    def in_its_share(
+        self, connection: Connection, receives: dict[int, int], user_data: int, result: int, flags: int
+    ) -> bool:
+        """Count a receive completion against its connection's share of this turn: True to handle it now;
+        False if the share is spent, and it is kept (buffer and all) for the next turn, after those held."""
+        handled = receives.get(connection.number, 0)
+        receives[connection.number] = handled + 1
+        if handled < RECEIVES_PER_TURN:
+            return True
+        self.held_back.append((user_data, result, flags))
+        if handled == RECEIVES_PER_TURN and connection.receiving:
+            # The first one held: pause the receive, so that the kernel stops filling buffers for this client.
+            # Its last completion comes after the held ones, and re-arms it once they have all been handled.
+            self.ring.cancel(connection.number << OPERATION_BITS | RECEIVE, CANCEL_TAG)
+        return False
 
     def on_other_completion(self, user_data: int, result: int, flags: int, now: float) -> None:
         if flags & CQE_F_BUFFER:  # a receive of a closed connection: its buffer is ours to give back
@@ -708,7 +738,8 @@ class Server:
         if connection.sending is not None:  # the kernel may read these bytes until the send is over
             self.orphaned_sends[connection.number] = connection.sending
         # The receive (and any send or poll) in flight holds the socket open: cancel them, then close.
-        self.ring.cancel_all_then_close(connection.fd, CANCEL_TAG, connection.number << OPERATION_BITS | CLOSE)
+        close_tag = connection.number << OPERATION_BITS | CLOSE
+        self.ring.cancel_all_then_close(connection.fd, CANCEL_TAG, close_tag)
         self.closes_in_flight += 1
         if not self.accepting:
             self.resume_accepting()
