@@ -19,7 +19,7 @@ export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser bench-router \
 	bench-sendfile bench-abuse bench-workers bench-ablation bench-costs flame \
-	mutation system-tools bench-tools clean
+	mutation system-tools browser-tools bench-tools clean
 
 run:  ## serve the newest phase on $(HOST):$(PORT)
 	$(PYTHON) -m $(PHASE) --host $(HOST) --port $(PORT)
@@ -34,6 +34,19 @@ $(DOCS_STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check '.[docs]'
 	rm -f $(VENV)/.installed-docs-* && touch $@
 
+# $(call apt_install,PACKAGES) in a recipe, as root: says what it installs in one line, then apt-get update and
+# install, each waiting up to 10 minutes for another apt-get (unattended-upgrades on a fresh machine, a second
+# make) instead of failing. install waits for the dpkg lock itself (DPkg::Lock::Timeout); update does not wait
+# for its own lock, /var/lib/apt/lists/lock (apt 2.6 fails at once), so it is retried every 5 s while that
+# lock is what stops it, and any other failure (the network) fails at once.
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
+apt_install = echo "installing with apt-get:$(1)"; \
+	for attempt in $$(seq 120); do \
+	  errors=$$($(APT_GET) update -qq 2>&1) && break; \
+	  case "$$errors" in *"Could not get lock"*) sleep 5;; *) echo "$$errors" >&2; exit 1;; esac; \
+	done; \
+	$(APT_GET) install -y -qq $(1) >/dev/null
+
 # wrk (the load) and strace (bench-costs) are Debian packages: installed when we are root (as CI is),
 # otherwise the tests that need them say so.
 system-tools:
@@ -41,8 +54,20 @@ system-tools:
 	for tool in wrk strace; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    $(call apt_install,$$missing); \
 	  else echo "note: not installed:$$missing (apt-get install$$missing); the tests that need them will skip"; fi; \
+	fi
+
+# Chromium and its WebDriver, for tests/test_site.py, which reads every page of the book in a real browser: a
+# target of its own, so that `make flame` and the bench, which need system-tools, do not install a browser.
+browser-tools:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    $(call apt_install,$$missing); \
+	  else echo "note: not installed:$$missing (apt-get install$$missing); tests/test_site.py will skip"; fi; \
 	fi
 
 # The benchmark's peers: nginx, and the crate sources of the Rust hyper server.
@@ -55,7 +80,7 @@ bench-tools: system-tools
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	    $(call apt_install,$$missing); \
 	  else echo "note: not installed:$$missing (apt-get install$$missing); the bench skips what needs them"; fi; \
 	fi
 
@@ -67,7 +92,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy $(PY_SOURCES)
 	$(VENV)/bin/mypy $(ROOT_CONFTEST)
 
-pytest: $(STAMP) system-tools
+pytest: $(STAMP) system-tools browser-tools
 	$(PY) -m pytest
 
 test: lint typecheck pytest diffs-check docs

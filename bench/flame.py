@@ -2,6 +2,7 @@
 
     make flame PHASE=phase3_http_parse          # published: docs/assets/flame/phase3_http_parse.svg
     .venv/bin/python -m bench.flame --phase phase3_http_parse --scenario pipeline-16 --duration 15
+    .venv/bin/python -m bench.flame --rewrite docs/assets/flame/*.svg   # redo the paths and title (below)
 
 Only with --publish (`make flame`) does it write the docs' flamegraph, docs/assets/flame/PHASE.svg; any other
 run is exploratory and writes flame-PHASE-SCENARIO.svg in the temporary directory (or --output), so looking
@@ -12,14 +13,24 @@ CPUs, and py-spy, on the client CPUs too, samples the interpreter's own pid (the
 sys.executable, never through the `python3` shim script, which would be profiled instead). The
 tradeoff: py-spy pauses the process for each sample, so the server runs a little slower while profiled; the
 proportions between functions, which is what a flamegraph shows, are what we want from it.
+
+What py-spy writes names the machine it ran on: its title is its own command line, absolute paths included
+and wider than the drawing, and the frame of each process is the server's command line, the interpreter's
+absolute path first. Every SVG written here is rewritten before it is kept (`publishable`): paths relative to
+the repository (`.venv/bin/python`, `phase6_perf/server.py`), the interpreter's own files under `<stdlib>/`,
+`<site-packages>/` or `<python>/`, the scratch directory as `<tmp>/`, and a title that fits, built from what
+py-spy's said. `--rewrite` applies the same to SVGs already written, without a load run.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -27,6 +38,15 @@ from bench import targets, wrk
 from tools.phases import REPO_ROOT, pinned
 
 FLAME_DIR = REPO_ROOT / "docs" / "assets" / "flame"  # the published flamegraphs, one per phase
+DEFAULT_SCENARIO = "keepalive-64"  # what `make flame` publishes
+
+# py-spy's title: `<text id="title" ...>/abs/path/py-spy record --pid 8039 ... --output /abs/path.svg</text>`.
+TITLE = re.compile(r'(<text id="title"[^>]*>)([^<]*)(</text>)')
+# The first process's frame, `process 8039:"/abs/path/python -m phase6_perf ..."`, names the phase.
+PROFILED_MODULE = re.compile(r"<title>process \d+:&quot;\S+ -m (\w+)")
+# Python's directories on a machine other than this one, where their exact paths are unknown.
+OTHER_SITE_PACKAGES = re.compile(r"(?<![\w./-])/(?:[\w.+-]+/)*lib/python3\.\d+/site-packages/")
+OTHER_STDLIB = re.compile(r"(?<![\w./-])/(?:[\w.+-]+/)*lib/python3\.\d+/")
 
 
 class FlameError(Exception):
@@ -84,6 +104,7 @@ def profile(phase: targets.Target, scenario: wrk.Scenario, options: argparse.Nam
             loaded, load_errors = loader.communicate(timeout=options.duration + 30)
             if sampled.returncode != 0 or not output.exists():
                 raise FlameError(f"py-spy failed ({sampled.returncode}): {sampled.stderr.strip()[-1000:]}")
+            output.write_text(publishable(output.read_text(), scenario.name))
             if loader.returncode != 0:
                 raise FlameError(f"wrk failed ({loader.returncode}): {load_errors.strip()[-1000:]}")
             result = wrk.parse_output(loaded)
@@ -91,6 +112,62 @@ def profile(phase: targets.Target, scenario: wrk.Scenario, options: argparse.Nam
             print(f"{result.requests:,} requests in {result.duration_s:.0f} s, {rate:,.0f}/s while sampled")
         finally:
             server.stop()
+
+
+def flame_title(phase: str, scenario: str, sampling: str) -> str:
+    """The title drawn above the flamegraph: under 70 characters, so that it fits the page's column."""
+    return f"{phase} under {scenario}: {sampling} (py-spy)"
+
+
+def machine_paths(repo_root: Path) -> list[tuple[str, str]]:
+    """The absolute directories a drawing may name, each with what the published SVG says instead: longest
+    first, since the virtualenv's site-packages lie inside the repository and must keep their own name."""
+    python_paths = sysconfig.get_paths()
+    named = {
+        tempfile.gettempdir(): "<tmp>",
+        sys.base_prefix: "<python>",
+        python_paths["stdlib"]: "<stdlib>",
+        python_paths["purelib"]: "<site-packages>",
+        python_paths["platlib"]: "<site-packages>",
+        str(repo_root): "",  # relative to the repository: what a reader types from its root
+    }
+    return sorted(named.items(), key=lambda item: len(item[0]), reverse=True)
+
+
+def relative_paths(svg: str, repo_root: Path = REPO_ROOT) -> str:
+    """`svg` with every absolute path of this machine's repository, Python and scratch directory rewritten
+    (see the module's docstring). The SVG's text is XML, hence the `&lt;tmp&gt;` for `<tmp>`."""
+    for directory, name in machine_paths(repo_root):
+        # Only a whole path: `/tmp/` inside `/var/tmp/` is not the scratch directory.
+        whole = re.compile(r"(?<![\w./-])" + re.escape(directory.rstrip("/") + "/"))
+        svg = whole.sub(html.escape(f"{name}/" if name else ""), svg)  # no backslash to expand in it
+    svg = OTHER_SITE_PACKAGES.sub(html.escape("<site-packages>/"), svg)
+    return OTHER_STDLIB.sub(html.escape("<stdlib>/"), svg)
+
+
+def publishable(svg: str, scenario: str, repo_root: Path = REPO_ROOT) -> str:
+    """py-spy's flamegraph as the docs show it: machine paths rewritten, and py-spy's title (its command line,
+    wider than the drawing, so clipped at both ends) replaced by what it says, in a line that fits. A title
+    already rewritten is kept: rewriting twice changes nothing."""
+    title = TITLE.search(svg)
+    if title is not None and re.search(r"py-spy\S* record ", title[2]):
+        rate = re.search(r"--rate (\d+)", title[2])
+        seconds = re.search(r"--duration (\d+)", title[2])
+        module = PROFILED_MODULE.search(svg)
+        new_title = flame_title(
+            module[1] if module else "the server",
+            scenario,
+            f"{rate[1]} samples/s for {seconds[1]} s" if rate and seconds else "sampled",
+        )
+        svg = svg[: title.start(2)] + html.escape(new_title) + svg[title.end(2) :]
+    return relative_paths(svg, repo_root)
+
+
+def rewrite(paths: list[Path], scenario: str) -> None:
+    """Rewrite SVGs in place as `profile` rewrites each it draws: for flamegraphs drawn before it did."""
+    for path in paths:
+        path.write_text(publishable(path.read_text(), scenario))
+        print(f"rewrote {path}")
 
 
 def default_output(phase: str, scenario: str, *, publish: bool) -> Path:
@@ -107,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--phase", required=True, help="the phase package to profile, e.g. phase3_http_parse")
+    parser.add_argument("--phase", help="the phase package to profile, e.g. phase3_http_parse")
     parser.add_argument(
-        "--scenario", default="keepalive-64", choices=scenarios, help="the wrk load (default keepalive-64)"
+        "--scenario",
+        default=DEFAULT_SCENARIO,
+        choices=scenarios,
+        help=f"the wrk load (default {DEFAULT_SCENARIO}); with --rewrite, the one the title names",
     )
     parser.add_argument(
         "--duration", type=int, default=10, help="seconds of sampling under load (default 10)"
@@ -128,7 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the SVG to write (default: {tempfile.gettempdir()}/flame-PHASE-SCENARIO.svg; with --publish,"
         f" {FLAME_DIR.relative_to(REPO_ROOT)}/PHASE.svg)",
     )
+    parser.add_argument(
+        "--rewrite",
+        nargs="+",
+        type=Path,
+        metavar="SVG",
+        help="no load run: rewrite flamegraphs already drawn, in place, as a new one is (paths, title)",
+    )
     options = parser.parse_args(argv)
+    if options.rewrite:
+        rewrite(options.rewrite, options.scenario)
+        return 0
+    if options.phase is None:
+        parser.error("--phase is required (or --rewrite)")
     missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
     try:
         if missing:
