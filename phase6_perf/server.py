@@ -404,12 +404,19 @@ class Server:
 
     # --8<-- [start:requests]
     def process_requests(self, connection: Connection) -> None:
-        """Answer every complete request the parser holds, in order, then send the answers in one go."""
+        """Answer every complete request the parser holds, in order."""
+        while self.answer_batch(connection):
+            pass  # a file answer went out whole at once: the requests behind it are next
+
+    def answer_batch(self, connection: Connection) -> bool:
+        """Answer the complete requests the parser holds, up to a file answer, and send the answers in one go:
+        True if that file went out whole at once, so the requests behind it can be answered now."""
         parser = connection.parser
         responses = []
-        # Pipelining: one read may hold many requests. Stop at a closing one, or when the client is not
-        # reading our answers (backpressure): the rest waits, unparsed, in the parser.
-        while not connection.closing and self.has_room_for_output(connection):
+        file_body: FileRange | None = None  # the body of a file answer, which ends the batch: see below
+        # Pipelining: one read may hold many requests. Stop at a closing one, at a file, or when the client is
+        # not reading our answers (backpressure): the rest waits, unparsed, in the parser.
+        while not connection.closing and file_body is None and self.has_room_for_output(connection):
             try:
                 request = parser.next_request()
                 if request is None:
@@ -422,7 +429,7 @@ class Server:
                 reply = self.application.respond(request)
                 if isinstance(reply, FileReply):
                     responses.append(reply.head)
-                    connection.pending_file = reply.body  # parsing pauses until it is sent: see below
+                    file_body = reply.body
                 else:
                     responses.append(reply)
             except HttpError as error:
@@ -443,11 +450,26 @@ class Server:
             connection.clock = NO_CLOCK  # a head is complete: the next one starts its own clock
             connection.strict_deadline = None
             self.send(connection, b"".join(responses))
-        if connection.pending_file is not None and not connection.pending_output:
-            self.send_file(connection)  # its head is out: the body follows
+        if file_body is not None and self.begin_file(connection, file_body) and not connection.closing:
+            return True
         all_sent = not connection.pending_output and connection.pending_file is None
         if connection.closing and all_sent and connection.fd in self.connections:
             self.linger(connection)
+        return False
+
+    def begin_file(self, connection: Connection, body: FileRange) -> bool:
+        """A file answer's head is sent, or queued: its body follows, and parsing and reading pause until it
+        is sent. True if it went out whole at once. Only now is it pending: pending before, it would have
+        queued its own head behind it, unsent, with no event to come for it (edge-triggered epoll, with
+        EPOLLOUT watched already, reports no change)."""
+        if connection.fd not in self.connections:  # the head's send found the client gone
+            os.close(body.fd)
+            return False
+        connection.pending_file = body
+        if connection.pending_output:
+            self.update_interest(connection)  # the head waits for EPOLLOUT, and the body after it
+            return False
+        return self.send_file(connection)  # its head is out: the body follows
 
     # --8<-- [end:requests]
 

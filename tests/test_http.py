@@ -17,6 +17,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import pytest
@@ -535,3 +536,20 @@ def test_edge_triggered_mode_serves_pipelines_and_large_bodies(
         client.send(post_echo(body) + get("/") * 50)
         assert client.response().body == body
         assert [client.response().body for _ in range(50)] == [HELLO] * 50
+
+
+@pytest.mark.needs("pipelining", "trigger_modes", "static_files")
+def test_edge_triggered_mode_serves_a_pipeline_of_files(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """Each file answer's head must be sent, or wait for an event that will come: edge-triggered epoll reports
+    only a change, so a head queued behind an EPOLLOUT already watched, with the socket writable all along,
+    would wait for ever."""
+    (tmp_path / "a.txt").write_bytes(b"a" * 100)
+    (tmp_path / "big.bin").write_bytes(os.urandom(4 * 1024 * 1024))  # far past the socket's buffers
+    server = start_server("--trigger", "edge", "--static-dir", str(tmp_path))
+    paths = ["/static/a.txt", "/static/big.bin", "/static/a.txt", "/static/a.txt", "/static/big.bin", "/"]
+    with HttpClient(server) as client:
+        client.send(b"".join(get(path) for path in paths))
+        statuses = [client.response().status for _ in paths]  # a stall raises TimeoutError here
+    assert statuses == [200] * len(paths)
