@@ -547,12 +547,19 @@ class Server:
 
     # --8<-- [start:requests]
     def process_requests(self, connection: Connection) -> None:
-        """Answer every complete request the parser holds, in order, then send the answers in one go."""
+        """Answer every complete request the parser holds, in order."""
+        while self.answer_batch(connection):
+            pass  # a file answer went out whole at once: the requests behind it are next
+
+    def answer_batch(self, connection: Connection) -> bool:
+        """Answer the complete requests the parser holds, up to a file answer, and send the answers in one go:
+        True if that file went out whole at once, so the requests behind it can be answered now."""
         parser = connection.parser
         responses = []
-        # Pipelining: one read may hold many requests. Stop at a closing one, or when the client is not
-        # reading our answers (backpressure): the rest waits, unparsed, in the parser.
-        while not connection.closing and self.has_room_for_output(connection):
+        file_body: FileRange | None = None  # the body of a file answer, which ends the batch: see below
+        # Pipelining: one read may hold many requests. Stop at a closing one, at a file, or when the client is
+        # not reading our answers (backpressure): the rest waits, unparsed, in the parser.
+        while not connection.closing and file_body is None and self.has_room_for_output(connection):
             try:
                 request = parser.next_request()
                 if request is None:
@@ -565,7 +572,7 @@ class Server:
                 reply = self.application.respond(request)
                 if isinstance(reply, FileReply):
                     responses.append(reply.head)
-                    connection.pending_file = reply.body  # parsing pauses until it is sent: see below
+                    file_body = reply.body
                 else:
                     responses.append(reply)
             except HttpError as error:
@@ -586,10 +593,19 @@ class Server:
             connection.clock = NO_CLOCK  # a head is complete: the next one starts its own clock
             connection.strict_deadline = None
             self.send(connection, b"".join(responses))
-        # A file body follows its head once the head's send is over (on_sent), so nothing is sent here.
+        if file_body is not None and self.begin_file(connection, file_body) and not connection.closing:
+            return True
         all_sent = connection.sending is None and connection.pending_file is None
         if connection.closing and all_sent and connection.number in self.connections:
             self.linger(connection)
+        return False
+
+    def begin_file(self, connection: Connection, body: FileRange) -> bool:
+        """A file answer's head is in flight, or queued: its body follows once the head's send is over
+        (on_sent), and parsing and reading pause until it is sent. So it never goes out at once: False."""
+        connection.pending_file = body
+        self.update_interest(connection)  # the pause: else a client could pile up requests while it waits
+        return False
 
     # --8<-- [end:requests]
 
