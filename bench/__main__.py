@@ -278,11 +278,19 @@ class Plan:
         return self.measured_pairs * self.settings.runs * per_run + len(self.targets) * self.with_idle
 
     @property
-    def minutes(self) -> int:
+    def seconds(self) -> float:
+        """About how long the run will take, repeated runs aside. The constants are timed on this machine:
+        half a second per run to start a server and wrk and stop them; for the memory test, 2 s per target (a
+        server, and the settling) and a second per 1,250 connections opened (10 s for the default 10,000);
+        a second for the harness to start."""
         settings = self.settings
-        per_run = settings.warmup_s + settings.duration_s + 2  # and about 2 s to start and stop a server
-        seconds = self.measured_pairs * settings.runs * per_run + len(self.targets) * self.with_idle * 10
-        return seconds // 60 + 1
+        per_run = settings.warmup_s + settings.duration_s + 0.5
+        per_idle_test = 2 + settings.idle_connections / 1250
+        return (
+            1
+            + self.measured_pairs * settings.runs * per_run
+            + len(self.targets) * self.with_idle * per_idle_test
+        )
 
 
 def plan(options: argparse.Namespace) -> Plan:
@@ -425,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: the descriptor limit, {fd_limit}, is low for the memory test", file=sys.stderr)
     print(
         f"measuring {len(chosen.targets)} target(s), {len(chosen.scenarios)} scenario(s)"
-        f"{' and the memory test' if chosen.with_idle else ''}: about {chosen.minutes} min",
+        f"{' and the memory test' if chosen.with_idle else ''}: about {report.how_long(chosen.seconds)}",
         file=sys.stderr,
     )
     name = result_file_name(PUBLISHED_NAME, options.name, publish=options.publish)

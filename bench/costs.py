@@ -168,6 +168,14 @@ def median_and_range(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} µs ({low:.1f}{EN_DASH}{high:.1f})"
 
 
+def run_summary(split: Split) -> str:
+    """One timed run, for the progress lines: its user and system CPU per request as the table shows them."""
+    user, system = (
+        median_and_range([figure]) for figure in (split.user_us_per_request, split.system_us_per_request)
+    )
+    return f"user CPU {user}, system CPU {system} per request ({split.requests:,} requests)"
+
+
 def per_request(calls: float) -> str:
     """Calls per request, with two significant digits below 0.01 (an io_uring loop makes that few)."""
     return f"{calls:.2f}" if calls >= 0.01 or calls == 0 else f"{calls:.2g}"
@@ -256,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                         repeats=repeats,
                     )
                     add_run(rows[name, scenario], kept, discarded, traced)
-                    print(f"{scenario} run {number + 1}/{options.runs} {name}: {kept}", flush=True)
+                    print(
+                        f"{scenario} run {number + 1}/{options.runs} {name}: {run_summary(kept)}", flush=True
+                    )
             finally:
                 os.sched_setaffinity(0, previous)
         command = harness_command("bench.costs", argv)

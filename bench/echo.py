@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def pages(contents: dict[str, Any], source: str) -> dict[Path, str]:
-        return {DOCS_DIR / name: text for name, text in report.echo_markdown(contents).items()}
+        return {DOCS_DIR / name: text for name, text in report.echo_markdown(contents, source).items()}
 
     command = harness_command("bench.echo", argv)
     return save_and_publish(args, PUBLISHED_NAME, lambda _: measure_everything(args, command), pages)

@@ -15,7 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.results import NOISY_OTHER_SHARE, IdleMemory, Measurement, Results, Spread, measured_on
+from bench.results import (
+    NOISY_OTHER_SHARE,
+    IdleMemory,
+    Measurement,
+    Results,
+    Spread,
+    measured_on,
+    rerun_command,
+)
 from bench.wrk import Scenario
 
 REFERENCE = "nginx"  # the target every other one is compared with, run by run, in each scenario
@@ -54,6 +62,11 @@ def kibibytes(value: float) -> str:
 
 def percent(value: float) -> str:
     return f"{value * 100:.0f}%"
+
+
+def how_long(seconds: float) -> str:
+    """A run's length, in the unit a reader expects: '7 s' under a minute, '24 min' from a minute on."""
+    return f"{seconds:.0f} s" if round(seconds) < 60 else f"{seconds / 60:.0f} min"
 
 
 def with_range(spread: Spread | None, show: Callable[[float], str]) -> str:
@@ -296,7 +309,7 @@ def conditions(results: Results) -> str:
     if settings.workers > 1:
         text += f" Every server ran {settings.workers} workers (processes; threads for hyper)."
     if results.elapsed_s:
-        text += f" The whole run took {results.elapsed_s / 60:.0f} min."
+        text += f" The whole run took {how_long(results.elapsed_s)}."
     other = other_load(results)
     if other is not None and other >= NOTABLE_OTHER_LOAD:
         text += (
@@ -439,6 +452,7 @@ def terminal_summary(results: Results) -> str:
 ECHO_PHASE_TABLE = ("phase1", "phase2-level")  # the servers bench/echo.py measures, by key, per table
 ECHO_TRIGGER_TABLE = ("phase2-level", "phase2-edge")
 ECHO_LATENCIES = ("round_trip_p50", "round_trip_p99", "first_echo_p50", "first_echo_p99", "first_echo_max")
+ECHO_PUBLISHED_WITH = "make bench-echo"
 ECHO_SYSCALL_COLUMNS = ("epoll_wait", "epoll_ctl", "accept4", "recvfrom", "sendto", "recvfrom EAGAIN", "all")
 
 
@@ -472,7 +486,7 @@ def trips_note(method: dict[str, Any]) -> str:
     )
 
 
-def method_note(report: dict[str, Any]) -> str:
+def method_note(report: dict[str, Any], source: str) -> str:
     method, machine = report["settings"], report["machine"]
     pinning = (
         f"Server pinned to CPU {machine['server_cpu']}, clients to CPU {machine['client_cpu']}"
@@ -492,7 +506,7 @@ def method_note(report: dict[str, Any]) -> str:
         f"{machine['cores']} x {machine['cpu_model']}, Linux {machine['kernel']}, "
         f"Python {machine['python']}, "
         f"{echo_date(report)}, load average {machine['load_average_at_start'][0]:.2f} before the run. "
-        f"{disturbed}Raw figures: `bench/results/echo.json`; rerun: `make bench-echo`._"
+        f"{disturbed}Raw figures: `{source}`; rerun: `{rerun_command(report, ECHO_PUBLISHED_WITH)}`._"
     )
 
 
@@ -601,26 +615,28 @@ def syscall_table(report: dict[str, Any]) -> str:
         for count in report["syscalls"]["counts"]
     ]
     method, machine = report["settings"], report["machine"]
+    rerun = rerun_command(report, ECHO_PUBLISHED_WITH)
     note = (
         "_System calls the server made per round trip, in one counted run per cell (not the timed runs): "
         "`perf stat` on the kernel's syscall tracepoints, attached to the server pid; `recvfrom EAGAIN` "
         "counts the reads that found nothing, `all` every system call. Round trips of "
         f"{method['message_bytes']} bytes per client: {trips_note(method)}. "
         f"{machine['cores']} x {machine['cpu_model']}, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, {echo_date(report)}; rerun: `make bench-echo`._"
+        f"Python {machine['python']}, {echo_date(report)}; rerun: `{rerun}`._"
     )
     return echo_table(header, rows) + "\n\n" + note + "\n"
 
 
-def echo_markdown(report: dict[str, Any]) -> dict[str, str]:
-    """The echo chapters' generated files, by name, from bench/echo.py's results."""
-    note = method_note(report)
+def echo_markdown(report: dict[str, Any], source: str = "bench/results/echo.json") -> dict[str, str]:
+    """The echo chapters' generated files, by name, from bench/echo.py's results, which came from `source`."""
+    note = method_note(report, source)
+    rerun = rerun_command(report, ECHO_PUBLISHED_WITH)
     return {
         "phase1_vs_phase2.md": f"{phase_table(report)}\n\n{phase_summary(report)}\n\n{note}\n",
         "trigger_modes.md": f"{trigger_table(report)}\n\n{trigger_summary(report)}\n\n{note}\n",
         "syscalls.md": syscall_table(report)
         if report["syscalls"]["counts"]
-        else "_Not measured: `perf` was not installed when `make bench-echo` last ran._\n",
+        else f"_Not measured: `perf` was not installed when `{rerun}` ran._\n",
     }
 
 

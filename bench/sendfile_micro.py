@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import EN_DASH, markdown_table
-from bench.results import add_publishing_options, document, harness_command, save_and_publish
+from bench.results import add_publishing_options, document, harness_command, rerun_command, save_and_publish
 from tools.phases import HOST, REPO_ROOT
 
 PUBLISHED_NAME = "sendfile_micro"  # bench/results/sendfile_micro.json: the results the docs show
@@ -212,7 +212,7 @@ def markdown(results: dict[str, Any]) -> str:
         f" {settings['reader_cpu']}; {machine['cores']} x"
         f" {machine['cpu_model']}, Linux"
         f" {machine['kernel']}, Python {machine['python']}, {results['created'][:10]}. Rerun:"
-        " `make bench-sendfile`.",
+        f" `{rerun_command(results, 'make bench-sendfile')}`.",
     ]
     return "\n".join(lines) + "\n"
 

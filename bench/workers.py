@@ -346,6 +346,12 @@ def outcome(row: dict[str, Any]) -> str:
     return f"restarts took {restarts}; worker pids all new: {'yes' if row['worker_pids_all_new'] else 'no'}"
 
 
+def bigger_machine_command(phase: str) -> str:
+    """The command that measures `phase` on a machine with 16 CPUs, as a reader would type it: with --phase,
+    so that it measures the phase the page shows, whatever the default is."""
+    return f".venv/bin/python -m bench.workers --phase {phase} {BIGGER_MACHINE}"
+
+
 def section(
     name: str, title: str, prose: str, header: list[str], rows: list[list[str]], *, align: str
 ) -> str:
@@ -360,11 +366,12 @@ def section(
 def markdown(contents: dict[str, Any], source: str) -> str:
     """docs/generated/workers.md: the models, the projection, the resilience runs, the trap."""
     machine, settings, trapped = contents["machine"], contents["settings"], contents["trap"]
+    phase = settings.get("phase", PHASE)  # older files measured the default
     repeated = sum(len(measured["discarded_runs"]) for measured in contents["models"])
     models = section(
         "models",
         "The models: server CPU per request, and its spread across workers",
-        f"{settings.get('phase', PHASE)}, measured {contents['created'][:10]} on {machine['cpu_model']}"
+        f"{phase}, measured {contents['created'][:10]} on {machine['cpu_model']}"
         f" ({machine['cores']} cores), Linux "
         f"{machine['kernel']}, Python {machine['python']}: the server on CPUs {settings['server_cpus']}, wrk "
         f"({settings['wrk_threads']} thread(s)) on CPUs {settings['client_cpus']}. Where they share cores, "
@@ -390,7 +397,7 @@ def markdown(contents: dict[str, Any], source: str) -> str:
         "costs with more workers include what sharing these cores with each other and with wrk added. Both "
         "assume that the kernel spreads the clients evenly and a client fast enough: the last column is the "
         "cores wrk would need for that load, at the CPU per request it used here. To measure it instead, on "
-        f"a machine with 16 CPUs: `.venv/bin/python -m bench.workers {BIGGER_MACHINE}`.",
+        f"a machine with 16 CPUs: `{bigger_machine_command(phase)}`.",
         [
             "model",
             "cost measured with workers",

@@ -11,6 +11,8 @@ import dataclasses
 import importlib
 import json
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from bench import (
     router_micro,
     sendfile_micro,
     targets,
+    workers,
     wrk,
 )
 from bench.__main__ import parse_cpus
@@ -435,6 +438,35 @@ def test_terminal_summary_fits_one_screen() -> None:
     assert lines[0].split()[0] == "target"
 
 
+def test_how_long_a_run_takes_is_said_in_seconds_under_a_minute() -> None:
+    assert [report.how_long(seconds) for seconds in (7, 59.4, 59.6, 75, 1467)] == [
+        "7 s",
+        "59 s",
+        "1 min",
+        "1 min",
+        "24 min",
+    ]
+    assert "The whole run took 7 s." in report.conditions(dataclasses.replace(_results(), elapsed_s=7))
+    assert "The whole run took 24 min." in report.conditions(dataclasses.replace(_results(), elapsed_s=1467))
+
+    # A quick look at one target in one scenario took 3 s here: announced as seconds, not as "about 1 min".
+    stdlib = next(target for target in targets.PEERS if target.name == "stdlib")
+    quick = bench_main.Plan(
+        settings=results.Settings(
+            runs=1, duration_s=1, warmup_s=0, server_cpus="1", client_cpus="0", idle_connections=1000
+        ),
+        targets=[stdlib],
+        scenarios=[wrk.SCENARIOS[0]],
+        with_idle=False,
+        skipped={},
+    )
+    assert report.how_long(quick.seconds) == "2 s"
+    with_memory_test = dataclasses.replace(
+        quick, settings=dataclasses.replace(quick.settings, idle_connections=10_000), with_idle=True
+    )
+    assert with_memory_test.seconds == quick.seconds + 10  # 10,000 idle connections took 8 to 14 s here
+
+
 # --------------------------------------------------------------------------------------------- published
 
 
@@ -461,6 +493,45 @@ def test_the_published_tables_are_what_the_committed_results_files_give() -> Non
     router_path = REPO_ROOT / "bench" / "results" / "router_micro.json"
     router_results = results.read_document(router_path, "router_micro")
     assert (generated / "router_micro.md").read_text() == router_micro.markdown(router_results)
+
+
+def test_only_published_figures_say_rerun_with_a_make_target() -> None:
+    """Every harness that says how to rerun it names its make target under published figures only; under an
+    exploratory run's, its own command line, which redoes that run (the make target would publish another)."""
+    pages: dict[str, Callable[[dict[str, Any]], str]] = {
+        "costs": lambda contents: costs.markdown(contents, "costs.json"),
+        "abuse": abuse.markdown,
+        "router_micro": router_micro.markdown,
+        "sendfile_micro": sendfile_micro.markdown,
+        "parser_micro-phase3_http_parse": report.parser_micro_markdown,
+        "echo": lambda contents: "".join(report.echo_markdown(contents).values()),
+    }
+    typed = [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "bench.router_micro", "--name", "my try"]
+    for name, page in pages.items():
+        published = json.loads((REPO_ROOT / "bench" / "results" / f"{name}.json").read_text())
+        assert "`make bench-" in page(published), name
+        exploratory = page({**published, "command": typed})
+        assert "make bench-" not in exploratory, name
+        assert "`.venv/bin/python -m bench.router_micro --name 'my try'`" in exploratory, name
+
+
+def test_the_workers_page_prints_plain_and_gives_a_command_that_measures_its_phase() -> None:
+    contents = results.read_document(REPO_ROOT / "bench" / "results" / "workers.json", "workers")
+    contents["settings"]["phase"] = "phase6_perf"
+    page = workers.markdown(contents, "workers.json")
+    shown = results.for_terminal(page)
+    for machinery in ("<!--", "--8<--", "{#workers-"):  # the docs build reads them; a reader never sees them
+        assert machinery in page and machinery not in shown
+    assert "\n### The trap: closing one SO_REUSEPORT listener\n\nTwo listeners" in shown
+    assert "\n\n\n" not in shown
+
+    found = re.search(r"on a machine with 16 CPUs: `([^`]+)`", shown)
+    assert found is not None
+    command = shlex.split(found.group(1))
+    assert command[:3] == [".venv/bin/python", "-m", "bench.workers"]
+    options = workers.parse_arguments(command[3:])
+    assert (options.phase, options.server_cpus, options.client_cpus) == ("phase6_perf", "0-7", "8-15")
+    assert (options.workers, options.wrk_threads) == ("1,2,4,8", 8)
 
 
 def test_the_abuse_table_has_an_attack_per_row_and_a_label_per_column() -> None:
@@ -518,20 +589,23 @@ def test_a_small_harness_saves_an_exploratory_run_apart_and_publishes_only_when_
     def measure(results_file: Path) -> dict[str, Any]:
         return results.document("toy_micro", "toy_micro", ["toy"], {}, {}, figure=7)
 
+    head = "<!-- --8<-- [start:toy] -->\n### Toy {#toy}\n\n"  # what only the docs build reads
+
     def pages(contents: dict[str, Any], source: str) -> dict[Path, str]:
-        return {page: f"figure {contents['figure']}, from {source}\n"}
+        return {page: f"{head}figure {contents['figure']}, from {source}\n"}
 
     assert results.save_and_publish(parser.parse_args(["--name", "try"]), "toy_micro", measure, pages) == 0
     saved = tmp_path / "results" / "exploratory-toy_micro-try.json"
     assert saved.is_file() and not page.exists()  # exploratory: the results file, nothing the docs show
-    assert f"figure 7, from {saved}" in capsys.readouterr().out
+    # The terminal shows the page as the docs render it: no snippet marker, no anchor.
+    assert f"wrote {saved}\n### Toy\n\nfigure 7, from {saved}\n\n" == capsys.readouterr().out
 
     def measure_nothing(results_file: Path) -> dict[str, Any]:
         raise AssertionError("--from-results measures nothing")
 
     options = parser.parse_args(["--from-results", str(saved), "--publish"])
     results.save_and_publish(options, "toy_micro", measure_nothing, pages)
-    assert page.read_text() == f"figure 7, from {saved}\n"
+    assert page.read_text() == f"{head}figure 7, from {saved}\n"
     assert [path.name for path in (tmp_path / "results").iterdir()] == [saved.name]
 
 
@@ -567,13 +641,14 @@ def test_echo_runs_measure_the_cpu_of_the_rest_of_the_machine() -> None:
 
 
 def test_echo_notes_say_how_many_runs_were_repeated() -> None:
-    echo_results = results.read_document(REPO_ROOT / "bench" / "results" / "echo.json", "echo")
+    source = "bench/results/echo.json"
+    echo_results = results.read_document(REPO_ROOT / source, "echo")
     for cell in echo_results["results"]:
         cell["discarded_runs"] = []
-    assert "discarded and repeated" not in report.method_note(echo_results)
+    assert "discarded and repeated" not in report.method_note(echo_results, source)
     echo_results["results"][0]["discarded_runs"] = [{}, {}]
     assert "2 run(s) disturbed by other processes (more than 25% of a core)" in report.method_note(
-        echo_results
+        echo_results, source
     )
 
 

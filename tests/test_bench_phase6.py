@@ -42,9 +42,9 @@ def test_an_ablation_smoke_run_measures_every_variant_and_renders_again(
 
     page = ablation.markdown(contents, str(path))
     assert page.count("phase6_perf without shared_buffer") == 3  # two scenarios and the memory table
-    assert page in measured_output
+    assert results.for_terminal(page) in measured_output
     assert ablation.main(["--from-results", str(path)]) == 0
-    assert capsys.readouterr().out == page + "\n"
+    assert capsys.readouterr().out == results.for_terminal(page) + "\n"
 
 
 def test_a_costs_smoke_run_splits_the_time_and_counts_the_calls(
@@ -71,11 +71,21 @@ def test_a_costs_smoke_run_splits_the_time_and_counts_the_calls(
 
     page = costs.markdown(contents, str(path))
     assert page.count("| phase6_perf |") == len(costs.SCENARIOS)
-    assert page in measured_output
+    assert results.for_terminal(page) in measured_output
+    assert (
+        "keepalive-64 run 1/1 phase6_perf: user CPU " in measured_output and "Split(" not in measured_output
+    )
     assert costs.main(["--from-results", str(path)]) == 0
-    assert capsys.readouterr().out == page + "\n"
+    assert capsys.readouterr().out == results.for_terminal(page) + "\n"
 
 
 def test_the_costs_table_shows_the_median_of_the_runs_and_their_range() -> None:
     assert costs.median_and_range([12.0, 30.5, 20.25]) == "20.2 µs (12.0\N{EN DASH}30.5)"
     assert costs.median_and_range([7.0]) == "7.0 µs"
+
+
+def test_each_costs_run_is_printed_as_the_table_shows_it() -> None:
+    run = costs.Split(
+        requests=45_123, user_us_per_request=12.34, system_us_per_request=20.06, other_cpu_share=0.01
+    )
+    assert costs.run_summary(run) == "user CPU 12.3 µs, system CPU 20.1 µs per request (45,123 requests)"

@@ -51,7 +51,8 @@ def test_a_smoke_run_has_every_row_and_renders_again_from_its_file(
     for anchor in ("workers-models", "workers-projection", "workers-resilience", "workers-trap"):
         assert f"{{#{anchor}}}" in page
     assert "not projected: one GIL" in page  # threads; the two process models are projected
-    assert page in measured_output
+    assert results.for_terminal(page) in measured_output
+    assert "--8<--" not in measured_output and "{#workers-" not in measured_output
 
     assert workers.main(["--from-results", str(path)]) == 0
-    assert capsys.readouterr().out == page + "\n"
+    assert capsys.readouterr().out == results.for_terminal(page) + "\n"
