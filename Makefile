@@ -152,3 +152,28 @@ mutation: $(STAMP)  ## mutation testing of the phases' code (mutmut): which chan
 
 clean:
 	rm -rf site .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# `make help`: what `make test` does, costs and installs, the targets without a `## ` comment that a reader
+# types, then every target whose line has one (read from this file, so the list cannot drift from it).
+.PHONY: help
+help:  ## this list
+	@echo "Run from the repository root."
+	@echo ""
+	@echo "  make test             create .venv and run every check, in order, as CI does: ruff check, ruff format"
+	@echo "                        --check, mypy --strict, pytest (every phase), tools/gen_diffs.py --check and"
+	@echo "                        mkdocs build --strict. About 15-20 minutes, as measured on a 2-core machine,"
+	@echo "                        most of it pytest. It installs the Python packages of pyproject.toml (groups"
+	@echo "                        dev, docs and bench) into .venv with pip and, when run as root, wrk, strace,"
+	@echo "                        chromium and chromium-driver with apt-get (not as root: the tests that need"
+	@echo "                        them say so and are skipped)."
+	@echo "  make lint, make typecheck, make pytest, make diffs-check, make docs"
+	@echo "                        one step of make test each"
+	@echo "  make docs             build the book into site/ (strict); make serve-docs serves it on port 8000"
+	@echo "  make diffs            regenerate docs/diffs/ after changing a phase"
+	@echo "  make bench            the HTTP benchmarks (wrk), published; as root, installs wrk, strace, nginx"
+	@echo "                        and the hyper crates first"
+	@echo "  make bench-echo       the echo chapters' benchmark: phase 1 against 2, level against edge trigger"
+	@echo "  make clean            remove the built site and the tools' caches (not .venv)"
+	@echo ""
+	@awk '/^[a-z][a-z-]*:.*## / { target = $$1; sub(/:.*/, "", target); text = $$0; sub(/^[^#]*## /, "", text); \
+	  printf "  make %-17s%s\n", target, text }' $(firstword $(MAKEFILE_LIST)) | sed -E 's/\$$\(([A-Z]+)\)/\1/g'

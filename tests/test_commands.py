@@ -3,11 +3,14 @@
 `pytest --phase NAME` once failed with "unrecognized arguments" while `make test` passed, because nothing ran
 the documented form. These tests do: a subprocess, the command line split as a shell splits it, the working
 directory a repository root. Most only collect (`--collect-only -q`), which is where the options are read;
-one runs a small selection for real.
+one runs a small selection for real. Two more hold the printed commands to what the tools do: every `diff`
+the README and the chapters print is the one tools/gen_diffs.py runs, and a reader's own copy of a phase,
+made inside the repository as the chapters say, is not linted by `make test`'s ruff.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tools.gen_diffs import DIFF_OPTIONS
 from tools.phases import REPO_ROOT, find_phases
 
 # As printed in the docs. Where the virtualenv is elsewhere, its pytest stands in for `.venv/bin/pytest`.
@@ -74,3 +78,37 @@ def test_a_small_selection_really_runs() -> None:
     finished = run_as_typed(f"{TYPED_PYTEST} --phase phase1_blocking_echo -q -k {selection}", REPO_ROOT)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "1 passed" in finished.stdout, finished.stdout
+
+
+# `diff` and its options as printed (`diff -ru`, `diff -ruN -x __pycache__`, across a line break); not a
+# code fence of language diff, which a newline follows.
+PRINTED_DIFF = re.compile(r"\bdiff +(-[^\s`]+(?:\s+-x\s+[^\s`]+)*)")
+
+
+def test_every_printed_diff_command_is_the_one_gen_diffs_runs() -> None:
+    """The chapters include the diffs tools/gen_diffs.py writes; a reader who types the diff command they
+    print must get the same diff (not `Binary files ... differ` for `__pycache__` once a phase has run)."""
+    printed = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    wrong = [
+        f"{path.relative_to(REPO_ROOT)}:{text.count(chr(10), 0, found.start()) + 1}: diff {found[1]}"
+        for path in printed
+        for text in [path.read_text(encoding="utf-8")]
+        for found in PRINTED_DIFF.finditer(text)
+        if found[1].split() != list(DIFF_OPTIONS)
+    ]
+    assert not wrong, f"print `diff {' '.join(DIFF_OPTIONS)} OLD NEW`, as tools/gen_diffs.py runs it: {wrong}"
+
+
+def test_a_readers_copy_inside_the_repository_is_not_linted(tmp_path: Path) -> None:
+    """`cp -r phase4_routing my_phase4`, then code of the reader's own that our ruff would refuse: `make
+    test`'s `ruff check .` and `ruff format --check .` pass all the same (the copy is not a git checkout
+    here, so it is pyproject.toml that leaves it out, not .gitignore)."""
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO_ROOT, clone, ignore=NOT_COPIED)
+    shutil.copytree(REPO_ROOT / "phase4_routing", clone / "my_phase4", ignore=NOT_COPIED)
+    with (clone / "my_phase4" / "app.py").open("a", encoding="utf-8") as app:
+        app.write("import os\ndef mine( a ):\n  return a\n")  # an unused import, and unformatted
+    ruff = str(Path(sys.executable).with_name("ruff"))
+    for command in ([ruff, "check", "."], [ruff, "format", "--check", "."]):
+        finished = subprocess.run(command, cwd=clone, capture_output=True, text=True, timeout=60, check=False)
+        assert finished.returncode == 0, " ".join(command[1:]) + ":\n" + finished.stdout + finished.stderr
