@@ -54,7 +54,7 @@ class Limits:
     max_request_line: int = 8 * 1024  # bytes, CRLF excluded -> 414
     max_header_bytes: int = 16 * 1024  # field lines with their CRLFs, and the final CRLF -> 431
     max_header_count: int = 100  # field lines -> 431 (trailers are held to the same two limits)
-    max_body_bytes: int = 8 * 1024 * 1024  # decoded body, either framing -> 413
+    max_body_bytes: int = 8 * 1024 * 1024  # decoded body, either framing, chunk extensions included -> 413
     max_chunk_line: int = 4 * 1024  # chunk size plus extensions, CRLF excluded -> 400
 
 
@@ -171,6 +171,7 @@ class RequestParser:
         "_empty_lines",
         "_end",
         "_error",
+        "_extension_bytes",
         "_line_end",
         "_pending",
         "_scan",
@@ -198,6 +199,7 @@ class RequestParser:
         self._body_length = 0  # FIXED_BODY: bytes of body expected
         self._chunk_remaining = 0  # CHUNK_DATA: bytes left in this chunk
         self._chunked_body = bytearray()
+        self._extension_bytes = 0  # CHUNK_*: the chunk extensions of this body so far (they count as body)
         self._continue_due = False
         self.scanned_bytes = 0  # bytes given to a search so far: the tests' proof that nothing is rescanned
 
@@ -371,6 +373,7 @@ class RequestParser:
         else:
             self._state = CHUNK_SIZE
             self._chunked_body = bytearray()
+            self._extension_bytes = 0
             self._continue_due = request.expects_continue and self._end == self._start
         return True
 
@@ -436,7 +439,10 @@ class RequestParser:
         if match is None:
             raise HttpError(400, "malformed chunk size line")
         size = int(match[1], 16)  # the regex admitted hex digits only: no sign, "0x", "_" or space
-        if len(self._chunked_body) + size > limits.max_body_bytes:
+        # Extensions mean nothing to us and are dropped, but a line of them per byte of body would make a few
+        # bytes of body cost megabytes of reading: they count against the body's limit, as body.
+        self._extension_bytes += line_feed - 1 - start - len(match[1])
+        if len(self._chunked_body) + self._extension_bytes + size > limits.max_body_bytes:
             raise HttpError(413, "body too large")
         self._start = self._scan = line_feed + 1
         self._chunk_remaining = size

@@ -650,6 +650,19 @@ def test_chunk_line_limit(protocol: ModuleType) -> None:
     assert run(protocol, [post("Transfer-Encoding: chunked", body=b"5;" + b"e" * 100)], limits) == ([], 400)
 
 
+def test_chunk_extensions_count_against_the_body_limit(protocol: ModuleType) -> None:
+    """Extensions mean nothing to the server, and each line is bounded, but a line per byte of body would let
+    a client send megabytes for a few bytes: what a body's extensions add counts as body."""
+    limits = protocol.Limits(max_body_bytes=1000)
+    extended = b"1;" + b"e" * 98 + b"\r\nx\r\n"  # one byte of body, 100 bytes of size line
+    within = post("Transfer-Encoding: chunked", body=extended * 9 + b"0\r\n\r\n")
+    assert parse_one(protocol, within, limits).body == b"x" * 9
+    beyond = post("Transfer-Encoding: chunked", body=extended * 11 + b"0\r\n\r\n")
+    assert run(protocol, [beyond], limits) == ([], 413)
+    # Each body has its own allowance: a second one on the same connection is not charged for the first's.
+    assert [request.body for request in run(protocol, [within, within], limits)[0]] == [b"x" * 9] * 2
+
+
 # --------------------------------------------------------------------------------------- resumable scanning
 
 
