@@ -12,6 +12,7 @@ cache) stalls every connection of that worker while it runs; an application that
 from __future__ import annotations
 
 import email.utils
+import errno
 import json
 import mimetypes
 import os
@@ -151,44 +152,47 @@ def build_application(static_dir: Path | None = None) -> Application:
 
 
 # --8<-- [start:static]
+# A request's path is opened one name at a time, each name in the directory opened before it (openat), from a
+# descriptor of the root: no name is looked up twice, so none can be swapped between a check and the open,
+# and O_NOFOLLOW makes a symlink anywhere on the way an error, never a detour. O_PATH opens a directory only
+# to open names in it (nothing is read). O_CLOEXEC is what os.open adds anyway (PEP 446), written out here.
+DIRECTORY_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO or a device never waits for a writer, nor a file for the holder of a lease to
+# let go; a regular file ignores it otherwise, and sendfile reads it the same.
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# open() failing for want of descriptors or memory (or, with O_NONBLOCK, because another process holds a
+# lease on the file) says nothing about the file: a 503, never a 404 that a cache would keep.
+UNAVAILABLE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN})
+
+
 class StaticFiles:
-    """A handler for the files under one directory: conditional requests, one byte range, no listings."""
+    """A handler for the files under one directory: conditional requests, one byte range, no listings, and
+    no symlink followed."""
 
     def __init__(self, root: Path | None) -> None:
-        self.root = os.path.realpath(root) if root is not None else None
+        # Opened once: every walk starts from this descriptor, never from the root's name.
+        self.root_fd = None if root is None else os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def __call__(self, request: Request, params: Params) -> Response:
-        path = self.resolve(str(params["path"]))
-        if path is None:
+        segments = path_segments(str(params["path"]))
+        if self.root_fd is None or segments is None:
             return Response(404, b"Not Found\n")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return Response(404, b"Not Found\n")
+            fd = open_beneath(self.root_fd, segments)
+        except OSError as error:
+            if error.errno in UNAVAILABLE:  # RFC 9110 §15.6.4, with §10.2.3's Retry-After: seconds
+                return Response(503, b"Service Unavailable\n", headers=[("Retry-After", "1")])
+            return Response(404, b"Not Found\n")  # no such name, a symlink, a file where a directory was
         try:
-            return self.file_response(request, fd, path)
+            return self.file_response(request, fd, segments[-1])
         except BaseException:
             os.close(fd)
             raise
 
-    def resolve(self, relative: str) -> str | None:
-        """The real path of `relative` under the root, or None if it names nothing we may serve."""
-        # The router decoded the percent-escapes once: "%2e%2e" is ".." here, "%252e" is the name "%2e".
-        if self.root is None or "\x00" in relative or "\\" in relative:
-            return None
-        segments = relative.split("/")
-        if any(segment in ("", ".", "..") for segment in segments):  # no climbing, no "//", no "/abs"
-            return None
-        path = os.path.realpath(os.path.join(self.root, *segments))
-        # realpath followed every symlink: what it names must still be inside the root.
-        if os.path.commonpath([self.root, path]) != self.root:
-            return None
-        return path
-
-    def file_response(self, request: Request, fd: int, path: str) -> Response:
+    def file_response(self, request: Request, fd: int, name: str) -> Response:
         """The response for an open file (fd is owned by the response, or closed here)."""
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # a directory never lists its contents
+        if not stat.S_ISREG(info.st_mode):  # a directory never lists its contents; a FIFO is never read
             os.close(fd)
             return Response(404, b"Not Found\n")
         size = info.st_size
@@ -197,7 +201,8 @@ class StaticFiles:
         if not_modified(request, etag, int(info.st_mtime)):
             os.close(fd)
             return Response(304, headers=validators)
-        content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        # guess_type reads a name such as "data:,x" as a data: URL; after a "/" it is always a file name.
+        content_type = mimetypes.guess_type(f"/{name}")[0] or "application/octet-stream"
         headers = [*validators, ("Accept-Ranges", "bytes")]
         byte_range = requested_range(request, etag, size)
         if byte_range is None:
@@ -208,6 +213,35 @@ class StaticFiles:
         first, last = byte_range
         headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
         return Response(206, FileRange(fd, first, last - first + 1), content_type, headers)
+
+
+def path_segments(relative: str) -> list[str] | None:
+    """The names to open, from the root down, for the path `relative`; None if it names nothing we serve."""
+    # The router decoded the percent-escapes once: "%2e%2e" is ".." here, "%252e" is the name "%2e".
+    if "\x00" in relative or "\\" in relative:
+        return None
+    segments = relative.split("/")
+    # openat() takes ".." from any directory, the root's included: this check alone keeps the walk inside.
+    # No "." or "//" either, so that a file has one path; no "" first, so "/etc" is no absolute path.
+    if any(segment in ("", ".", "..") for segment in segments):
+        return None
+    return segments
+
+
+def open_beneath(root_fd: int, segments: list[str]) -> int:
+    """The file named by `segments` under the directory `root_fd`, opened read-only with no symlink followed;
+    raises OSError (ENOENT, ELOOP for a symlink, ENOTDIR, EMFILE, ...)."""
+    directory = root_fd
+    try:
+        for segment in segments[:-1]:
+            parent = directory
+            directory = os.open(segment, DIRECTORY_FLAGS, dir_fd=parent)
+            if parent != root_fd:
+                os.close(parent)  # one directory held at a time, however deep the path
+        return os.open(segments[-1], FILE_FLAGS, dir_fd=directory)
+    finally:
+        if directory != root_fd:
+            os.close(directory)
 
 
 # --8<-- [end:static]
@@ -226,12 +260,16 @@ def not_modified(request: Request, etag: str, mtime: int) -> bool:
         return False
     try:
         since = email.utils.parsedate_to_datetime(if_modified_since).timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a zone offset too large for a timedelta
         return False  # §13.1.3: an invalid date is ignored
     return mtime <= since
 
 
 UNSATISFIABLE = (-1, -1)
+# A file holds fewer than 2**63 bytes, a number of 19 digits: a longer position is past the end of any file,
+# whatever its digits, and int() of more than 4,300 digits would raise (sys.get_int_max_str_digits).
+MAX_POSITION_DIGITS = 19
+PAST_ANY_FILE = 10**MAX_POSITION_DIGITS
 
 
 def requested_range(request: Request, etag: str, size: int) -> tuple[int, int] | None:
@@ -251,13 +289,20 @@ def requested_range(request: Request, etag: str, size: int) -> tuple[int, int] |
     if unit.strip().lower() != "bytes" or not dash or not (digits.isascii() and digits.isdigit()):
         return None
     if not first_text:  # the last N bytes
-        suffix = int(last_text)
+        suffix = byte_position(last_text)
         return (max(0, size - suffix), size - 1) if suffix and size else UNSATISFIABLE
-    first = int(first_text)
-    last = min(int(last_text), size - 1) if last_text else size - 1
-    if last_text and int(last_text) < first:
+    first = byte_position(first_text)
+    last = min(byte_position(last_text), size - 1) if last_text else size - 1
+    if last_text and byte_position(last_text) < first:
         return None  # an invalid range-spec: ignored, like a header we cannot parse
     return (first, last) if first < size else UNSATISFIABLE
+
+
+def byte_position(digits: str) -> int:
+    """A first-pos, last-pos or suffix-length (1*DIGIT) as an int; PAST_ANY_FILE if it is longer than any
+    file's size, which compares with a size the same way."""
+    significant = digits.lstrip("0")  # leading zeros change nothing, and int() counts them against its limit
+    return int(significant or "0") if len(significant) <= MAX_POSITION_DIGITS else PAST_ANY_FILE
 
 
 # --8<-- [end:conditional]

@@ -111,15 +111,19 @@ SECRET = b"the secret outside the root"
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    """root/docs/ has an index.html, root/empty/ has none, root/trap/index.html links out of the root."""
+    """root/docs/ has an index.html, root/empty/ has none, root/trap/index.html links out of the root;
+    root/alias links to docs/, and root/linked/index.html to docs/index.html: symlinks that stay inside, which
+    the static files never follow either."""
     root = tmp_path / "root"
-    for directory in ("docs", "empty", "trap"):
+    for directory in ("docs", "empty", "trap", "linked"):
         (root / directory).mkdir(parents=True)
     (root / "docs" / "index.html").write_bytes(INDEX)
     (root / "docs" / "other.txt").write_bytes(b"other")
     (root / "empty" / "listed.txt").write_bytes(b"never listed")
     (tmp_path / "secret.html").write_bytes(SECRET)
     (root / "trap" / "index.html").symlink_to(tmp_path / "secret.html")
+    (root / "alias").symlink_to(root / "docs")
+    (root / "linked" / "index.html").symlink_to(root / "docs" / "index.html")
     return root
 
 
@@ -155,6 +159,8 @@ def test_phase4_a_directory_with_a_slash_serves_its_index_html(
         "/static/empty/",  # no index.html: still never a listing
         "/static/empty",
         "/static/trap/",  # an index.html that is a symlink out of the root
+        "/static/alias/",  # a symlink to a directory inside the root: no symlink is followed
+        "/static/linked/",  # an index.html that is a symlink to a file inside the root: not followed either
         "/static/docs//",
         "/static/docs/./",
         "/static/docs/other.txt/",

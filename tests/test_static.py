@@ -1,15 +1,23 @@
-"""Black-box tests of static files (phase 4 on): headers, conditional requests, ranges, path traversal, and
-large files sent with sendfile to clients that read slowly, pipelined or not."""
+"""Black-box tests of static files (phase 4 on): headers, conditional requests, ranges, path traversal (a
+directory swapped for a symlink mid-request included), what is not a regular file (a FIFO), a server out of
+descriptors, and large files sent with sendfile to clients that read slowly, pipelined or not.
+
+In-process unit tests of the same handler (tests/test_app.py) pin each rule down one function at a time;
+these check that each server.py carries the rule to the wire."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import fcntl
 import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,12 @@ def site(tmp_path: Path) -> Path:
     (root / "escape").symlink_to(tmp_path / "outside")
     (root / "escape.txt").symlink_to(tmp_path / "secret.txt")
     (root / "inside-link.txt").symlink_to(root / "hello.txt")
+    (root / "inside-dir").symlink_to(root / "sub")
+    # A sibling whose name starts with the root's: a containment check by string prefix would let it in.
+    (tmp_path / "root-private").mkdir()
+    (tmp_path / "root-private" / "secret.txt").write_bytes(SECRET)
+    (root / "private").symlink_to(tmp_path / "root-private")
+    (root / "LICENSE").write_bytes(b"no extension, no type")
     return root
 
 
@@ -65,11 +79,26 @@ def test_a_file_with_its_headers(files: RunningServer, site: Path) -> None:
     assert response.header("ETag").startswith('"')
     assert fetch(files, "/static/page.html").header("Content-Type") == "text/html"
     assert fetch(files, "/static/sub/data.json").header("Content-Type") == "application/json"
+    # A type we cannot name is bytes, not text: a client must not render what it cannot know is text.
+    assert fetch(files, "/static/LICENSE").header("Content-Type") == "application/octet-stream"
 
 
 def test_head_of_a_file(files: RunningServer) -> None:
     response = fetch(files, "/static/hello.txt", method="HEAD")
     assert response.status == 200 and response.body == b"" and response.header("Content-Length") == "20"
+
+
+def test_head_then_get_on_one_connection(files: RunningServer) -> None:
+    """A HEAD answered with the file's bytes after its head would be read as the start of the next answer:
+    the GET behind it on the same connection is what notices."""
+    head = get("/static/hello.txt").replace(b"GET", b"HEAD", 1)
+    head_of_a_range = get("/static/hello.txt", "Range: bytes=0-4").replace(b"GET", b"HEAD", 1)
+    with HttpClient(files) as client:
+        client.send(head + head_of_a_range + get("/static/hello.txt"))
+        for _ in range(2):
+            response = client.response("HEAD")
+            assert (response.status, response.header("Content-Length")) == (200, "20")
+        assert client.response().body == TEXT
 
 
 def test_without_a_static_dir_the_route_is_404(server: RunningServer) -> None:
@@ -101,6 +130,9 @@ def test_if_modified_since(files: RunningServer) -> None:
     older = email.utils.formatdate(an_hour_earlier, usegmt=True)
     assert fetch(files, "/static/hello.txt", f"If-Modified-Since: {older}").status == 200
     assert fetch(files, "/static/hello.txt", "If-Modified-Since: not a date").status == 200
+    # A zone offset of 20 digits: email.utils raises OverflowError, which must not be a 500.
+    overflow = "If-Modified-Since: Mon, 01 Jan 2000 00:00:00 +99999999999999999999"
+    assert fetch(files, "/static/hello.txt", overflow).status == 200
     etag_mismatch = ('If-None-Match: "other"', f"If-Modified-Since: {modified}")
     assert fetch(files, "/static/hello.txt", *etag_mismatch).status == 200  # If-None-Match wins
 
@@ -116,6 +148,10 @@ def test_if_modified_since(files: RunningServer) -> None:
         ("bytes=-3", TEXT[-3:], "bytes 17-19/20"),
         ("bytes=10-999", TEXT[10:], "bytes 10-19/20"),
         ("bytes=-100", TEXT, "bytes 0-19/20"),
+        # Positions of any length: int() alone raises past 4,300 digits (sys.get_int_max_str_digits).
+        ("bytes=-" + "9" * 5000, TEXT, "bytes 0-19/20"),
+        ("bytes=0-" + "9" * 5000, TEXT, "bytes 0-19/20"),
+        ("bytes=" + "0" * 5000 + "5-9", TEXT[5:10], "bytes 5-9/20"),
     ],
 )
 def test_a_single_range_is_206(files: RunningServer, spec: str, body: bytes, content_range: str) -> None:
@@ -124,16 +160,43 @@ def test_a_single_range_is_206(files: RunningServer, spec: str, body: bytes, con
     assert response.header("Content-Range") == content_range
 
 
-@pytest.mark.parametrize("spec", ["bytes=20-", "bytes=100-200", "bytes=-0"])
+@pytest.mark.parametrize("spec", ["bytes=20-", "bytes=100-200", "bytes=-0", "bytes=" + "1" * 4301 + "-"])
 def test_an_unsatisfiable_range_is_416(files: RunningServer, spec: str) -> None:
     response = fetch(files, "/static/hello.txt", f"Range: {spec}")
     assert response.status == 416 and response.header("Content-Range") == "bytes */20"
 
 
-@pytest.mark.parametrize("spec", ["bytes=0-1,5-6", "bytes=5-2", "items=0-1", "bytes=a-b", "bytes=0x1-2"])
+REVERSED_PAST_ANY_FILE = "bytes=" + "9" * 5000 + "-1"  # last-pos before first-pos: an invalid range-spec
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["bytes=0-1,5-6", "bytes=5-2", "items=0-1", "bytes=a-b", "bytes=0x1-2", "bytes=", REVERSED_PAST_ANY_FILE],
+)
 def test_ranges_we_do_not_serve_get_the_whole_file(files: RunningServer, spec: str) -> None:
     response = fetch(files, "/static/hello.txt", f"Range: {spec}")
     assert response.status == 200 and response.body == TEXT
+
+
+def test_a_range_is_for_get_only(files: RunningServer) -> None:
+    """RFC 9110 §14.2: a server MUST ignore Range for any method but GET; HEAD gets the head of the 200."""
+    response = fetch(files, "/static/hello.txt", "Range: bytes=0-4", method="HEAD")
+    assert (response.status, response.header("Content-Length")) == (200, "20")
+    assert response.header("Content-Range") is None
+
+
+def test_304_and_416_close_the_file_they_opened(files: RunningServer) -> None:
+    etag = fetch(files, "/static/hello.txt").header("ETag")
+    with HttpClient(files) as client:
+        client.send(get("/"))
+        client.response()
+        baseline = files.open_fds()  # this connection included: it stays open throughout
+        for _ in range(20):
+            conditional = get("/static/hello.txt", f"If-None-Match: {etag}")
+            client.send(conditional + get("/static/hello.txt", "Range: bytes=100-"))
+            assert (client.response().status, client.response().status) == (304, 416)
+        # Each answer was complete before it was read: a descriptor still open now is a leak.
+        assert files.open_fds() == baseline
 
 
 def test_if_range_with_another_etag_gets_the_whole_file(files: RunningServer) -> None:
@@ -153,6 +216,9 @@ TRAVERSALS = [
     "/static/%2e%2e%2fsecret.txt",
     "/static/sub/../../secret.txt",
     "/static/sub/%2e%2e/%2e%2e/secret.txt",
+    "/static/sub/../hello.txt",  # a ".." that stays inside is refused too: each path has one spelling
+    "/static/sub/%2e%2e/hello.txt",
+    "/static/sub/./data.json",
     "/static/..%5csecret.txt",
     "/static/%252e%252e/secret.txt",
     "/static/%252e%252e%252fsecret.txt",
@@ -161,6 +227,7 @@ TRAVERSALS = [
     "/static/%2fetc%2fpasswd",
     "/static/escape/secret.txt",
     "/static/escape.txt",
+    "/static/private/secret.txt",  # root-private/, beside root/: inside by string prefix only
     "/static/./hello.txt",
     "/static/sub",
     "/static/sub/",
@@ -177,8 +244,180 @@ def test_no_path_leads_out_of_the_root_and_no_directory_is_listed(files: Running
     assert SECRET not in response.body and b"data.json" not in response.body
 
 
-def test_a_symlink_inside_the_root_is_served(files: RunningServer) -> None:
-    assert fetch(files, "/static/inside-link.txt").body == TEXT
+@pytest.mark.parametrize("path", ["/static/inside-link.txt", "/static/inside-dir/data.json"])
+def test_no_symlink_is_followed_not_even_one_inside_the_root(files: RunningServer, path: str) -> None:
+    """The walk opens every name with O_NOFOLLOW: a symlink is a 404 wherever it leads (nginx's
+    `disable_symlinks on`), so that none can be swapped in while a request walks through it."""
+    assert fetch(files, path).status == 404
+    assert fetch(files, "/static/hello.txt").body == TEXT  # the same files, by their own names
+    assert fetch(files, "/static/sub/data.json").body == b"{}"
+
+
+RACE_SECONDS = 3.0  # issue 20 saw a check-then-open serve the outside file hundreds of times in 15 s
+
+
+def test_a_directory_swapped_for_a_symlink_never_leads_out_of_the_root(
+    files: RunningServer, site: Path, tmp_path: Path
+) -> None:
+    """The race of issue 20 (time of check to time of use): a thread swaps root/swap, a directory, for a
+    symlink to a directory outside and back, as fast as it can, while requests for swap/secret.txt go on.
+    Checking a path and then opening it by name would let some through; opening it one name at a time
+    from the root lets none. Every answer is the inside file or a 404, never the outside one, never a 500."""
+    (site / "swap").mkdir()
+    (site / "swap" / "secret.txt").write_bytes(TEXT)  # the same name as outside/secret.txt, other bytes
+    parked_directory, parked_link = tmp_path / "parked-directory", tmp_path / "parked-link"
+    parked_link.symlink_to(tmp_path / "outside")
+    stop = threading.Event()
+    swaps = 0
+
+    def swap() -> None:  # rename() is atomic: "swap" is the directory, nothing, or the symlink
+        nonlocal swaps
+        while not stop.is_set():
+            os.rename(site / "swap", parked_directory)
+            os.rename(parked_link, site / "swap")
+            os.rename(site / "swap", parked_link)
+            os.rename(parked_directory, site / "swap")
+            swaps += 1
+
+    statuses: dict[int, int] = {}
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    try:
+        with HttpClient(files) as client:
+            # A few seconds of requests, and at least one answered from the directory and one not.
+            started = time.monotonic()
+            while time.monotonic() - started < RACE_SECONDS or len(statuses) < 2:
+                assert time.monotonic() - started < 60, f"the race never showed both sides: {statuses}"
+                client.send(get("/static/swap/secret.txt"))
+                response = client.response()
+                assert response.body != SECRET, f"served from outside the root after {statuses}"
+                assert response.status in (200, 404), f"{response.status}: {response.body!r}"
+                assert response.status == 404 or response.body == TEXT
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+    finally:
+        stop.set()
+        swapper.join(timeout=10)
+    assert swaps > 0, statuses
+
+
+# --- what cannot be opened at once, or not now ------------------------------------------------------------
+
+
+def test_a_fifo_is_404_and_never_blocks_the_server(files: RunningServer, site: Path) -> None:
+    """Opening a FIFO for reading waits for a writer, for ever: the file is opened with O_NONBLOCK, then
+    served only if fstat says it is a regular file."""
+    os.mkfifo(site / "pipe")
+    with HttpClient(files) as client:
+        client.send(get("/static/pipe"))
+        assert client.response().status == 404
+        client.send(get("/"))
+        assert client.response().body == HELLO
+
+
+@contextlib.contextmanager
+def write_lease(path: Path) -> Iterator[None]:
+    """Hold a write lease on `path` (fcntl F_SETLEASE, as Samba takes them) for the `with` block: any other
+    open() of the file must wait for this process to let go, or fail with EAGAIN if it is O_NONBLOCK. Skips
+    where leases are refused (/proc/sys/fs/leases-enable at 0, a file system without them)."""
+    # The holder hears of each open by SIGIO, whose default action is to end the process: this one.
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as error:
+            pytest.skip(f"no write lease on {path}: {error}")
+        try:
+            yield
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    finally:
+        os.close(fd)
+        signal.signal(signal.SIGIO, previous)
+
+
+def test_a_file_another_process_holds_a_lease_on_is_503_then_served(files: RunningServer, site: Path) -> None:
+    """An open() of a file under another process's write lease waits up to /proc/sys/fs/lease-break-time,
+    45 s, for the holder to let go; with O_NONBLOCK it fails at once with EAGAIN: the file is there, just
+    not now, so 503 and Retry-After."""
+    with write_lease(site / "hello.txt"):
+        response = fetch(files, "/static/hello.txt")
+    assert (response.status, response.header("Retry-After")) == (503, "1")
+    assert fetch(files, "/static/hello.txt").body == TEXT
+
+
+FD_LIMIT = 64  # the server's hard RLIMIT_NOFILE in the next test: what a few dozen connections fill
+
+
+@pytest.fixture
+def files_with_few_descriptors(phase: Phase, site: Path) -> Iterator[RunningServer]:
+    """The server of `files`, started with a hard limit of FD_LIMIT descriptors (the server raises its soft
+    limit to the hard one, so the hard one is what must be low) and one worker, whose table is the one
+    that fills. A Python prefix sets the limit and execs the server, so its pid is the server's."""
+    set_limit_and_exec = (
+        "import os, resource, sys;"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({FD_LIMIT}, {FD_LIMIT}));"
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    workers = ("--workers", "1") if "multi_process" in phase.capabilities else ()
+    server = RunningServer(
+        phase.name,
+        "--static-dir",
+        str(site),
+        *workers,
+        root=phase.root,
+        prefix=(sys.executable, "-c", set_limit_and_exec),
+    )
+    yield server
+    server.stop()
+    failure = server.failure()
+    if failure is not None:
+        pytest.fail(f"server pid {server.pid} {failure}")
+
+
+def test_out_of_descriptors_an_existing_file_is_503_never_404(
+    files_with_few_descriptors: RunningServer,
+) -> None:
+    """Issue 20: with the descriptor table full, opening a file fails with EMFILE, which says nothing about
+    the file; a 404 would be wrong, and kept by any cache. Connections are opened one at a time, each one
+    answered (so the server holds it), until a file can no longer be opened: every answer until then is a
+    200 or a 503 with Retry-After, and once connections close the same files are served again."""
+    server = files_with_few_descriptors
+    prober = HttpClient(server)
+    held: list[HttpClient] = []
+    statuses: list[int] = []
+    try:
+        while not statuses or statuses[-1] != 503:  # until hello.txt, the cheaper of the two, fails too
+            assert len(held) <= FD_LIMIT, f"the table never filled: {statuses}"
+            client = HttpClient(server)  # accepted: the last answer shows a descriptor was free
+            held.append(client)
+            client.send(get("/"))
+            assert client.response().body == HELLO
+            # sub/data.json takes two descriptors at once (sub/, then the file), hello.txt one.
+            for path, body in (("/static/sub/data.json", b"{}"), ("/static/hello.txt", TEXT)):
+                prober.send(get(path))
+                response = prober.response()
+                statuses.append(response.status)
+                if response.status != 200:
+                    assert (response.status, response.header("Retry-After")) == (503, "1"), (
+                        f"{path}: {statuses}"
+                    )
+                else:
+                    assert response.body == body
+        for client in held[-3:]:
+            client.close()
+        deadline = time.monotonic() + 10
+        while (response := fetch_on(prober, "/static/sub/data.json")).status == 503:
+            assert time.monotonic() < deadline, "the server never noticed the closes"
+        assert (response.status, response.body) == (200, b"{}")
+    finally:
+        for client in (prober, *held):
+            client.close()
+
+
+def fetch_on(client: HttpClient, path: str) -> Any:
+    client.send(get(path))
+    return client.response()
 
 
 # --- large files, slow readers, pipelines --------------------------------------------------------------
