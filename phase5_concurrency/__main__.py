@@ -16,7 +16,7 @@ from .server import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     serve,
 )
-from .workers import MODELS, ServeFunction, run_worker_process, supervise
+from .workers import DEFAULT_HEARTBEAT_TIMEOUT, MODELS, ServeFunction, run_worker_process, supervise
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="reuseport",
         help="how connections reach the workers (default: %(default)s; chapter 5 measures all three)",
     )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=DEFAULT_HEARTBEAT_TIMEOUT,
+        help="kill and replace a worker process whose loop has been silent this many seconds: stopped, or"
+        " stuck in a handler (default: %(default)s)",
+    )
     # Given by the supervisor to the worker processes it starts, never by a reader: no help for them.
     parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--listener-fd", type=int, help=argparse.SUPPRESS)
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
         worker_count=args.workers,
         shutdown_timeout=args.shutdown_timeout,
+        heartbeat_timeout=args.heartbeat_timeout,
         static_dir=args.static_dir,
     )
 

@@ -56,6 +56,8 @@ DEFAULT_BODY_MIN_RATE = 500  # bytes per second
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 # After a stop signal, how long an idle connection has to send one last request before it is closed.
 DRAIN_GRACE = 1.0
+# A worker's sign of life for its supervisor (workers.py), given at least this often while its loop turns.
+HEARTBEAT_INTERVAL = 0.25
 # After an answer that ends the connection, how long we keep draining what the client still sends.
 LINGER_TIMEOUT = 2.0
 # Backpressure: stop reading from a client that has this much of our output still unread...
@@ -210,6 +212,9 @@ class Server:
         # Check deadlines ten times per timeout: a connection closes at most 10% late, for one O(n) scan.
         self.sweep_interval = min(idle_timeout / 10, header_timeout / 10, body_timeout / 10, 1.0)
         self.next_sweep = 0.0
+        self.wait_timeout = self.sweep_interval  # the loop's longest wait for an event
+        self.heartbeat: Callable[[], None] | None = None  # see keep_heartbeat
+        self.next_heartbeat = 0.0
         self.high_water_mark = high_water_mark
         self.low_water_mark = low_water_mark
         self.edge_triggered = edge_triggered
@@ -243,7 +248,7 @@ class Server:
     def poll_once(self) -> None:
         connections = self.connections
         # EINTR needs no handling: Python retries poll() after a signal handler that does not raise.
-        events = self.epoll.poll(self.sweep_interval)
+        events = self.epoll.poll(self.wait_timeout)
         now = time.monotonic()
         for fd, mask in events:
             if fd == self.listener_fd:
@@ -270,8 +275,26 @@ class Server:
                 self.close(connection)
         if now >= self.next_sweep:
             self.close_idle_connections(now)
+        if self.heartbeat is not None and now >= self.next_heartbeat:
+            self.beat(now)
         if self.draining and (not connections or now >= self.stop_deadline):
             self.running = False
+
+    def keep_heartbeat(self, beat: Callable[[], None]) -> None:
+        """Call `beat` at least every HEARTBEAT_INTERVAL while the loop turns: a supervisor's sign that this
+        worker lives and serves (a loop that is stopped, or stuck in an endless handler, beats no more)."""
+        self.heartbeat = beat
+        self.wait_timeout = min(self.sweep_interval, HEARTBEAT_INTERVAL)
+
+    def beat(self, now: float) -> None:
+        """The heartbeat, and a look at a listener shared with other workers."""
+        assert self.heartbeat is not None
+        self.heartbeat()
+        self.next_heartbeat = now + HEARTBEAT_INTERVAL
+        if self.accepting and not self.draining and self.listener_events & EPOLLEXCLUSIVE:
+            # EPOLLEXCLUSIVE wakes one worker per client: if that one is stopped or stuck, no other hears of
+            # the client, which waits with it. A look once per beat bounds that wait.
+            self.accept_clients(now)
 
     # --8<-- [end:loop]
 

@@ -18,7 +18,7 @@ from .server import (
     serve,
 )
 from .uring import unavailable_reason
-from .workers import MODELS, ServeFunction, run_worker_process, supervise
+from .workers import DEFAULT_HEARTBEAT_TIMEOUT, MODELS, ServeFunction, run_worker_process, supervise
 
 # --8<-- [start:switches]
 # The optimisations that a switch turns off, so that the bench can measure each one alone. Two more were
@@ -140,6 +140,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="gc.freeze() once started, so collections skip the start-up objects (default: off; no gain was"
         " measured)",
     )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=DEFAULT_HEARTBEAT_TIMEOUT,
+        help="kill and replace a worker process whose loop has been silent this many seconds: stopped, or"
+        " stuck in a handler (default: %(default)s)",
+    )
     # Given by the supervisor to the worker processes it starts, never by a reader: no help for them.
     parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--listener-fd", type=int, help=argparse.SUPPRESS)
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
         worker_count=args.workers,
         shutdown_timeout=args.shutdown_timeout,
+        heartbeat_timeout=args.heartbeat_timeout,
         static_dir=args.static_dir,
         pin=args.pin,
     )

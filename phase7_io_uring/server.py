@@ -79,6 +79,8 @@ DEFAULT_BODY_MIN_RATE = 500  # bytes per second
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 # After a stop signal, how long an idle connection has to send one last request before it is closed.
 DRAIN_GRACE = 1.0
+# A worker's sign of life for its supervisor (workers.py), given at least this often while its loop turns.
+HEARTBEAT_INTERVAL = 0.25
 # After an answer that ends the connection, how long we keep draining what the client still sends.
 LINGER_TIMEOUT = 2.0
 # On the way out, how long the ring has to finish the closes asked of it (it takes microseconds).
@@ -294,6 +296,9 @@ class Server:
         # Check deadlines ten times per timeout: a connection closes at most 10% late, for one O(n) scan.
         self.sweep_interval = min(idle_timeout / 10, header_timeout / 10, body_timeout / 10, 1.0)
         self.next_sweep = 0.0
+        self.wait_timeout = self.sweep_interval  # the loop's longest wait for an event
+        self.heartbeat: Callable[[], None] | None = None  # see keep_heartbeat
+        self.next_heartbeat = 0.0
         self.high_water_mark = high_water_mark
         self.low_water_mark = low_water_mark
         self.accepting = True
@@ -329,15 +334,8 @@ class Server:
 
     def poll_once(self) -> None:
         connections = self.connections
-        ring = self.ring
-        # One system call per turn: what this turn prepared goes to the kernel, and we wait for completions.
-        self.buffers.publish()  # the buffers recycled last turn, back in the ring before it runs
-        # Completions held back last turn come first, before any new one: with some waiting, we do not wait.
-        ring.submit_and_wait(0.0 if self.held_back else self.sweep_interval)
+        batch = self.next_batch()
         now = time.monotonic()
-        batch: Iterable[tuple[int, int, int]] = ring.completions()
-        if self.held_back:
-            batch, self.held_back = itertools.chain(self.held_back, batch), []
         receives: dict[int, int] = {}  # receive completions handled this turn, by connection number
         for user_data, result, flags in batch:
             number = user_data >> OPERATION_BITS
@@ -370,9 +368,22 @@ class Server:
                 self.close(connection)
         if now >= self.next_sweep:
             self.close_idle_connections(now)
+        if self.heartbeat is not None and now >= self.next_heartbeat:
+            self.beat(now)
         # Done once no connection is left and the accept is over: clients it took meanwhile are ours to serve.
         if self.draining and ((not connections and not self.accept_armed) or now >= self.stop_deadline):
             self.running = False
+
+    def next_batch(self) -> Iterable[tuple[int, int, int]]:
+        """This turn's completions: those held back last turn first, then the new ones."""
+        # One system call per turn: what this turn prepared goes to the kernel, and we wait for completions.
+        self.buffers.publish()  # the buffers recycled last turn, back in the ring before it runs
+        # With completions held back, there is work already: we do not wait.
+        self.ring.submit_and_wait(0.0 if self.held_back else self.wait_timeout)
+        batch: Iterable[tuple[int, int, int]] = self.ring.completions()
+        if self.held_back:
+            batch, self.held_back = itertools.chain(self.held_back, batch), []
+        return batch
 
     def in_its_share(
         self, connection: Connection, receives: dict[int, int], user_data: int, result: int, flags: int
@@ -403,6 +414,33 @@ class Server:
             self.closes_in_flight -= 1
         # Anything else is over and needs nothing: a closed connection's receive, a cancellation that found
         # nothing left to cancel.
+
+    def keep_heartbeat(self, beat: Callable[[], None]) -> None:
+        """Call `beat` at least every HEARTBEAT_INTERVAL while the loop turns: a supervisor's sign that this
+        worker lives and serves (a loop that is stopped, or stuck in an endless handler, beats no more)."""
+        self.heartbeat = beat
+        self.wait_timeout = min(self.sweep_interval, HEARTBEAT_INTERVAL)
+
+    def beat(self, now: float) -> None:
+        """The heartbeat, and a look at a listener shared with other workers."""
+        assert self.heartbeat is not None
+        self.heartbeat()
+        self.next_heartbeat = now + HEARTBEAT_INTERVAL
+        if self.accepting and not self.draining and not self.accept_many and not self.waiting:
+            # A one-shot accept on a shared listener waits in the kernel's queue behind the other workers'
+            # (and a wakeup goes to one of them only): if the one ahead is stopped or stuck, its client waits
+            # with it. A direct look once per beat bounds that wait.
+            self.accept_directly(now)
+
+    def accept_directly(self, now: float) -> None:
+        """Accept the clients queued now with accept() itself, not through the ring (see beat)."""
+        while len(self.connections) < self.max_connections:
+            try:
+                sock, _address = self.listener.accept()
+            except OSError:  # EAGAIN: none queued (or one that gave up); the ring's accept handles the rest
+                return
+            sock.setblocking(False)  # as the ring's accepts are, with SOCK_NONBLOCK
+            self.admit(sock.detach(), now)
 
     # --8<-- [end:loop]
 

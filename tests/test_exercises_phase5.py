@@ -11,17 +11,13 @@ phase inside the repository, change the copy, add the exercise's capability to t
 The tests are black-box, like tests/test_workers.py: they start your copy with two workers and the option the
 exercise asks for, find its worker processes as the supervisor's children (psutil), stop or signal them, and
 talk to the server over real sockets. Every wait is bounded and polls; no test measures speed. The tradeoff:
-they see processes and sockets, not your code, so the exercise's wording is the specification: the heartbeat
-is seen as a stopped worker replaced and a live one kept, the acceptor as workers that serve clients without
-holding a listening socket.
+they see processes and sockets, not your code, so the exercise's wording is the specification: the acceptor
+is seen as workers that serve clients without holding a listening socket.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -30,7 +26,7 @@ import pytest
 from test_http import HELLO, HttpClient, get
 from test_workers import Load
 
-from conftest import Phase, RunningServer
+from conftest import RunningServer
 
 WORKERS = ("--workers", "2")
 
@@ -126,93 +122,6 @@ def clients_on_every_worker(server: RunningServer) -> dict[int, HttpClient]:
             client.close()
         pytest.fail(f"40 connections reached only the workers {set(clients)} of {workers}")
     return clients
-
-
-# --- exercise 4: a heartbeat --------------------------------------------------------------------------------
-
-HEARTBEAT_TIMEOUT = 1.0
-# From SIGSTOP to the stopped worker gone: the timeout, then generous room for a busy shared machine.
-KILLED_WITHIN = HEARTBEAT_TIMEOUT + 5.0
-# A new worker is a new interpreter: its start-up is not the heartbeat's to bound, only to wait for.
-REPLACED_WITHIN = 10.0
-
-
-@pytest.mark.needs("http", "multi_process", "supervisor", "exercise_phase5_heartbeat")
-def test_phase5_heartbeat_timeout_is_an_option(phase: Phase) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", phase.name, "--help"],
-        check=False,  # the exit status is asserted below, with what the command said
-        cwd=phase.root,
-        env={**os.environ, "PYTHONPATH": str(phase.root), "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "--heartbeat-timeout" in result.stdout
-
-
-@pytest.mark.needs("http", "multi_process", "supervisor", "exercise_phase5_heartbeat")
-def test_phase5_a_stopped_worker_is_killed_and_replaced_while_the_other_serves(
-    start_server: Callable[..., RunningServer],
-) -> None:
-    """Chapter 5, exercise 4: `kill -STOP` of a worker stops its heartbeat; the supervisor kills it once it
-    has been silent for `--heartbeat-timeout` seconds and starts a new worker, while the other worker serves
-    its clients all along. SIGTERM then stops the server as usual: exit status 0, no worker left."""
-    server = start_server(*WORKERS, "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT))
-    clients = clients_on_every_worker(server)
-    victim_pid, survivor_pid = sorted(clients)
-    victim = psutil.Process(victim_pid)
-    try:
-        os.kill(victim_pid, signal.SIGSTOP)
-        stopped_at = time.monotonic()
-        while not is_gone(victim):  # the survivor answers, every 50 ms, until the victim is killed
-            assert time.monotonic() - stopped_at < KILLED_WITHIN, (
-                f"worker {victim_pid}, stopped, still there {KILLED_WITHIN} s later"
-            )
-            assert_answered(clients[survivor_pid])
-            time.sleep(0.05)
-        pids = wait_for_workers(
-            server, lambda pids: len(pids) == 2 and victim_pid not in pids, REPLACED_WITHIN, "a new worker"
-        )
-        assert survivor_pid in pids, "the worker that kept its heartbeat was replaced too"
-        (replacement_pid,) = pids - {survivor_pid}
-        for client in clients.values():
-            client.close()
-        clients = clients_on_every_worker(server)  # and the new worker serves
-        assert set(clients) == {survivor_pid, replacement_pid}
-    finally:
-        for client in clients.values():
-            client.close()
-        if not is_gone(victim):
-            os.kill(victim_pid, signal.SIGCONT)  # a failed test must not leave a stopped process behind
-    workers = worker_processes(server)
-    assert server.stop() == 0, server.stderr
-    left = [worker.pid for worker in workers if not is_gone(worker)]
-    assert not left, f"workers still running after the supervisor exited: {left}"
-
-
-@pytest.mark.needs("http", "multi_process", "supervisor", "exercise_phase5_heartbeat")
-def test_phase5_a_worker_idle_or_busy_is_never_killed(start_server: Callable[..., RunningServer]) -> None:
-    """A worker with nothing to do still beats, and so does one whose loop always has events to handle:
-    over three heartbeat timeouts of each, no worker is replaced."""
-    server = start_server(*WORKERS, "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT))
-    workers = {process.pid for process in worker_processes(server)}
-    assert len(workers) == 2
-    time.sleep(3 * HEARTBEAT_TIMEOUT)
-    assert {process.pid for process in worker_processes(server)} == workers, "an idle worker was replaced"
-    # A new connection per request: the kernel hashes each one anew, so both workers are kept busy.
-    load = Load(server, keep_alive=False, pace=0.01)
-    load.start(thread_count=4)
-    try:
-        busy_until = time.monotonic() + 3 * HEARTBEAT_TIMEOUT
-        while time.monotonic() < busy_until:
-            load.wait_for_answers(1, within=20)
-            time.sleep(0.05)
-    finally:
-        load.stop()
-    assert load.failures == [], f"{len(load.failures)} failed requests, e.g. {load.failures[:3]}"
-    assert {process.pid for process in worker_processes(server)} == workers, "a busy worker was replaced"
 
 
 # --- exercise 5: an acceptor --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import http.client
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from test_abuse import fds_settle_at
 from test_http import HELLO, HttpClient, get, post_echo
 
 from conftest import Phase, RunningServer, start_phase
+from tools.phases import REPO_ROOT
 
 pytestmark = pytest.mark.needs("http", "multi_process", "supervisor")
 
@@ -232,19 +234,28 @@ def test_load_from_many_connections_reaches_every_worker(
     assert len(before) == 2, f"two workers asked for, {len(before)} found"
     load = Load(server, keep_alive=False)  # a new connection per request: the kernel places each one anew
     load.start(thread_count=6)
+    # An idle worker's loop wakes a few times a second and uses no measurable CPU; one that takes its share
+    # of clients uses about half. An eighth of the total tells the two apart with a wide margin. Where each
+    # client goes is the scheduler's and the kernel's to decide, so the load runs until each worker has had
+    # its share, or a minute, whichever comes first: on a busy machine a worker can wait its turn a while.
+    deadline = time.monotonic() + 60
     try:
-        load.wait_for_answers(1200, within=30)
+        while True:
+            load.wait_for_answers(400, within=30)
+            after = cpu_seconds_by_worker(server, model)
+            growth = {worker: after[worker] - before[worker] for worker in before}
+            total = sum(growth.values())
+            starved = {
+                worker: f"{seconds:.2f} s" for worker, seconds in growth.items() if seconds < total / 8
+            }
+            if load.answered >= 1200 and total > 0 and not starved:
+                break
+            assert time.monotonic() < deadline, (
+                f"after a minute, workers with almost no CPU time: {starved} of {total:.2f} s in all"
+            )
     finally:
         load.stop()
     assert load.failures == []
-    after = cpu_seconds_by_worker(server, model)
-    growth = {worker: after[worker] - before[worker] for worker in before}
-    total = sum(growth.values())
-    assert total > 0
-    # An idle worker's loop wakes once a second or so and uses no measurable CPU; one that takes its share
-    # of clients uses about half. An eighth of the total tells the two apart with a wide margin.
-    starved = {worker: f"{seconds:.2f} s" for worker, seconds in growth.items() if seconds < total / 8}
-    assert not starved, f"workers with almost no CPU time under load: {starved} of {total:.2f} s in all"
 
 
 # --- kill -9 of a worker ------------------------------------------------------------------------------------
@@ -279,22 +290,37 @@ def first_answer(server: RunningServer, probes: int, within: float) -> tuple[flo
             client.close()
 
 
-@pytest.mark.parametrize("model", PROCESS_MODELS)
-def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced_within_a_second(
-    start_server: Callable[..., RunningServer], model: str, phase: Phase
-) -> None:
-    server = start_server("--model", model)
-    load = Load(server, keep_alive=True, pace=0.01)  # steady, and each client stays on one worker
-    load.start(thread_count=16)
-    try:
-        load.wait_for_answers(16 * 5)
+def load_on_both_workers(server: RunningServer) -> tuple[Load, dict[int, set[int]]]:
+    """16 keep-alive clients, steady, with connections on both workers: the load, and each worker's clients'
+    ports. Where a connection goes is the kernel's choice (an idle worker of a shared listener may take all
+    16): if one worker got none, the clients connect anew, a few times at most."""
+    for _ in range(5):
+        load = Load(server, keep_alive=True, pace=0.01)  # steady, and each client stays on one worker
+        load.start(thread_count=16)
+        try:
+            load.wait_for_answers(16 * 5)
+        except BaseException:
+            load.stop()
+            raise
         with load.lock:
             ports = set(load.ports_in_use.values())
         owners = owners_of_connections(server)
         clients_of = {
             pid: {port for port in ports if owners.get(port) == pid} for pid in set(owners.values())
         }
-        assert len(clients_of) == 2, f"16 connections did not reach both workers: {clients_of}"
+        if len(clients_of) == 2:
+            return load, clients_of
+        load.stop()
+    pytest.fail(f"5 times 16 connections did not reach both workers: {clients_of}")
+
+
+@pytest.mark.parametrize("model", PROCESS_MODELS)
+def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced_within_a_second(
+    start_server: Callable[..., RunningServer], model: str, phase: Phase
+) -> None:
+    server = start_server("--model", model)
+    load, clients_of = load_on_both_workers(server)
+    try:
         victim, survivor = sorted(clients_of, key=lambda pid: len(clients_of[pid]))  # the most witnesses stay
         mark = len(server.stderr_so_far())
         # The survivor is paused (SIGSTOP) until a new connection is answered, so that the answer can only
@@ -454,11 +480,15 @@ def test_sighup_under_connection_churn_replaces_every_worker_without_a_failed_re
         load.wait_for_answers(50)
         mark = len(server.stderr_so_far())
         server.process.send_signal(signal.SIGHUP)
-        wait_for_log(server, r"^supervisor: rolling restart done", after=mark, within=10)
+        done = wait_for_log(server, r"^supervisor: rolling restart done", after=mark, within=10)
         load.wait_for_answers(50)  # and the new workers serve
     finally:
         load.stop()
     assert load.failures == [], f"{len(load.failures)} failed requests, e.g. {load.failures[:3]}"
+    # The old set is drained only once the whole new set is ready: both new workers said so before.
+    restart = server.stderr_so_far()[mark : done.start()]
+    draining = restart.index("rolling restart: the new workers are ready, draining")
+    assert len(re.findall(r"\): ready$", restart[:draining], re.MULTILINE)) == 2, restart
     new_workers = worker_ids(server, model)
     assert len(new_workers) == len(old_workers), f"{old_workers} became {new_workers}"
     assert not new_workers & old_workers, f"not all new: {old_workers} became {new_workers}"
@@ -509,6 +539,279 @@ def test_rolling_restarts_of_thread_workers_leak_no_descriptor(
     assert load.failures == []
     settled = fds_settle_at(server, idle)
     assert settled == idle, f"{settled} descriptors open after 6 restarts, {idle} before"
+
+
+# --- a worker that stops, or keeps dying: the others take the new clients -----------------------------------
+
+HEARTBEAT_TIMEOUT = 2.0  # what the tests give --heartbeat-timeout: seconds, not the default's ten
+# What the issue asked: with one of two workers stopped or crash-looping, new clients are served within this.
+SERVED_WITHIN = 1.0
+
+
+def new_clients_are_served(server: RunningServer, count: int = 20, stranded_allowed: int = 0) -> None:
+    """`count` new connections, one after the other, each with a request that must be answered within
+    SERVED_WITHIN seconds (all but `stranded_allowed` of them): whatever listener the kernel puts each one
+    on, a worker behind it serves."""
+    stranded = []
+    for number in range(count):
+        with HttpClient(server, timeout=SERVED_WITHIN) as client:
+            client.send(get("/", "Connection: close"))
+            try:
+                response = client.response()
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
+                stranded.append(f"new client {number + 1} of {count}: {error!r}")
+                continue
+        assert (response.status, response.body) == (200, HELLO)
+    assert len(stranded) <= stranded_allowed, f"not answered within {SERVED_WITHIN} s: {stranded}"
+
+
+@pytest.mark.parametrize("model", PROCESS_MODELS)
+def test_a_stopped_worker_gets_no_new_clients_then_is_killed_and_replaced(
+    start_server: Callable[..., RunningServer], model: str, phase: Phase
+) -> None:
+    """`kill -STOP` of a worker: a worker that never dies but never serves. Its heartbeat stops: it is taken
+    out of the rotation of new clients (reuseport: the kernel would queue half of them on its listener), then,
+    silent for the heartbeat timeout, killed and replaced. The other worker serves all along."""
+    server = start_server("--model", model, "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT))
+    victim = min(worker_ids(server, model))
+    mark = len(server.stderr_so_far())
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        if model == "reuseport":  # a shared listener needs no steering: the other worker's accept takes all
+            wait_for_log(server, r"^supervisor: new clients go to worker\(s\) \d+ only", after=mark)
+        # One exception: on a shared listener, an io_uring worker's accept is the kernel's, armed before the
+        # stop. It can still take one client, which waits for the stopped worker, then goes with it.
+        io_uring_shared = "io_uring" in phase.capabilities and model == "shared"
+        new_clients_are_served(server, stranded_allowed=1 if io_uring_shared else 0)
+        died = wait_for_log(
+            server, rf"^supervisor: worker (\d+) \(pid {victim}\): silent for [\d.]+ s; SIGKILL$", after=mark
+        )
+        wait_for_log(
+            server, rf"^supervisor: worker {died.group(1)} \(pid \d+\): ready$", after=mark, within=10
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a failed test must not leave a stopped process
+            os.kill(victim, signal.SIGCONT)
+    if model == "reuseport":
+        wait_for_log(server, r"^supervisor: new clients go to every worker again$", after=mark)
+    new_clients_are_served(server)
+    assert victim not in worker_ids(server, model)
+
+
+def test_new_clients_are_served_while_a_worker_crash_loops(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A worker that keeps dying young waits longer and longer for its replacement (up to MAX_BACKOFF):
+    meanwhile its listener, with nobody behind it, must get no new clients. Killed as each replacement
+    starts, the slot's backoff grows past a second; the new clients of that second are all served."""
+    server = start_server("--model", "reuseport", "--heartbeat-timeout", str(HEARTBEAT_TIMEOUT))
+    victim = min(worker_ids(server, "reuseport"))
+    mark = len(server.stderr_so_far())
+    for _ in range(8):
+        os.kill(victim, signal.SIGKILL)
+        died = wait_for_log(
+            server, rf"\(pid {victim}\): killed by SIGKILL; its replacement starts in ([\d.]+) s$"
+        )
+        if float(died.group(1)) >= 0.8:
+            break
+        started = wait_for_log(server, r"^supervisor: worker (\d+) \(pid (\d+)\): started", after=died.end())
+        victim = int(started.group(2))
+    else:
+        pytest.fail("the slot's backoff never reached 0.8 s")
+    wait_for_log(server, r"^supervisor: new clients go to worker\(s\) \d+ only", after=mark)
+    new_clients_are_served(server)
+
+
+def test_an_idle_or_busy_worker_is_never_killed(start_server: Callable[..., RunningServer]) -> None:
+    """A worker with nothing to do beats all the same, and so does one whose loop always has events to
+    handle: over three heartbeat timeouts of each, no worker is replaced or taken out of rotation."""
+    server = start_server("--heartbeat-timeout", "1")
+    workers = worker_ids(server, "reuseport")
+    mark = len(server.stderr_so_far())
+    time.sleep(3)  # three timeouts of idleness: what is measured is nothing happening
+    assert worker_ids(server, "reuseport") == workers, "an idle worker was replaced"
+    load = Load(server, keep_alive=False, pace=0.01)  # a new connection per request: both workers busy
+    load.start(thread_count=4)
+    try:
+        busy_until = time.monotonic() + 3
+        while time.monotonic() < busy_until:
+            load.wait_for_answers(1, within=20)
+            time.sleep(0.05)
+    finally:
+        load.stop()
+    assert load.failures == [], f"{len(load.failures)} failed requests, e.g. {load.failures[:3]}"
+    assert worker_ids(server, "reuseport") == workers, "a busy worker was replaced"
+    assert "SIGKILL" not in server.stderr_so_far()[mark:]
+
+
+@pytest.mark.needs("rolling_restart")
+def test_a_rolling_restart_into_code_that_cannot_start_is_given_up_and_the_old_workers_serve_on(
+    phase: Phase, tmp_path: Path
+) -> None:
+    """SIGHUP after a bad deploy: the new workers die before they are ready, again and again. The restart is
+    given up (one line says so), the old workers serve on, and a dead one is replaced, or at least kept out of
+    the rotation; once the code is mended, the next SIGHUP is accepted and replaces every worker."""
+    shutil.copytree(REPO_ROOT / phase.name, tmp_path / phase.name)  # a deploy of our own, to break
+    app = tmp_path / phase.name / "app.py"
+    good_code = app.read_text()
+    server = RunningServer(phase.name, "--workers", "2", root=tmp_path)
+    try:
+        old_workers = worker_ids(server, "reuseport")
+        app.write_text(good_code + '\nraise RuntimeError("planted: this deploy cannot start")\n')
+        mark = len(server.stderr_so_far())
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_log(
+            server, r"^supervisor: rolling restart given up: .*; the old workers serve on$", after=mark
+        )
+        new_clients_are_served(server)
+        assert worker_ids(server, "reuseport") >= old_workers
+        # An old worker dies: its replacement loads the broken code too and dies, but its slot is steered out.
+        victim = min(old_workers)
+        mark = len(server.stderr_so_far())
+        os.kill(victim, signal.SIGKILL)
+        wait_for_log(server, rf"\(pid {victim}\): killed by SIGKILL; its replacement starts in", after=mark)
+        wait_for_log(server, r"^supervisor: new clients go to worker\(s\) \d+ only", after=mark)
+        new_clients_are_served(server)
+        app.write_text(good_code)  # mended
+        mark = len(server.stderr_so_far())
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_log(server, r"^supervisor: rolling restart done", after=mark, within=20)
+        new_clients_are_served(server)
+        assert not worker_ids(server, "reuseport") & old_workers
+    finally:
+        server.stop()
+    # The broken deploy's workers printed their traceback as they started (a worker given up may be cut off
+    # in the middle of it); nothing else may have.
+    assert server.process.returncode == 0, server.stderr
+    lines = server.stderr.splitlines()
+    starts = [lines[n + 1] for n, line in enumerate(lines) if line.startswith("Traceback")]
+    assert all("<frozen runpy>" in line for line in starts), server.stderr
+
+
+# --- the supervisor's own rules, in-process ---------------------------------------------------------------
+
+
+def idle_supervisor(phase: Phase, listeners: list[socket.socket], **options: Any) -> Any:
+    """A Supervisor of `phase`'s workers.py made in this process, to call its methods one by one."""
+    workers = phase.import_module("workers")
+    settings: dict[str, Any] = {"model": "reuseport", "worker_count": 1, "worker_command": []}
+    settings |= {"serve_worker": lambda *_: 0, "shutdown_timeout": 1.0, **options}
+    return workers.Supervisor(listeners, **settings)
+
+
+def test_the_crash_loop_backoff_doubles_up_to_its_cap(phase: Phase) -> None:
+    """A worker that keeps dying young waits 0.1 s, 0.2 s, 0.4 s... for its replacement, never more than
+    MAX_BACKOFF; once one has served a while, the next replacement is immediate again."""
+    supervisor = idle_supervisor(phase, [])
+    max_backoff = phase.import_module("workers").MAX_BACKOFF
+    delays = []
+    for _ in range(10):
+        supervisor.replace_later(0, 0, young=True, why="planted: a young death")
+        delays.append(supervisor.backoff[0])
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, max_backoff, max_backoff, max_backoff]
+    supervisor.replace_later(0, 0, young=False, why="planted: a death after serving")
+    assert supervisor.backoff[0] == 0.0
+
+
+def test_a_thread_worker_told_to_stop_before_it_is_ready_is_told_again_once_it_is(phase: Phase) -> None:
+    """A stop that comes while a thread worker is still starting has nowhere to go (no loop yet, so no wakeup
+    socket): the supervisor must tell it once it says it is ready, or the threads model hangs on SIGTERM."""
+    go = threading.Event()
+    told: list[bytes] = []
+
+    class StartingLoop:
+        """What the supervisor uses of a thread's loop: the socket its stop requests are written to."""
+
+        def __init__(self) -> None:
+            self.wakeup_reader, self.wakeup_writer = socket.socketpair()
+
+    def serve(listener: socket.socket, ready: Callable[[Any], None]) -> int:
+        loop = StartingLoop()
+        go.wait(10)  # still starting while the stop comes
+        ready(loop)
+        loop.wakeup_reader.settimeout(10)
+        try:
+            told.append(loop.wakeup_reader.recv(1))
+        except TimeoutError:
+            told.append(b"")
+        listener.close()
+        return 0
+
+    supervisor = idle_supervisor(phase, [socket.socket()], model="threads", serve_worker=serve)
+    supervisor.start_worker(0, 0)
+    supervisor.stop("planted: a stop during start-up")
+    go.set()
+    deadline = time.monotonic() + 10
+    while supervisor.workers and time.monotonic() < deadline:
+        supervisor.poll_once()
+    assert told == [bytes([signal.SIGTERM])], "the thread worker was never told to stop"
+    assert not supervisor.workers
+
+
+def test_a_steering_program_gives_new_connections_to_the_listeners_it_names(phase: Phase) -> None:
+    """The classic BPF program the supervisor attaches to a reuseport group: the kernel then gives each new
+    connection to one of the listeners named, by their index in the group, and to no other."""
+    workers = phase.import_module("workers")
+    listeners = listeners_on_one_port(3)
+    port = listeners[0].getsockname()[1]
+
+    def accepted_by_each(count: int = 60) -> list[int]:
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+        accepted = [accept_all(listener) for listener in listeners]
+        for sock in [*clients, *(sock for each in accepted for sock in each)]:
+            sock.close()
+        return [len(each) for each in accepted]
+
+    try:
+        workers.attach_steering(listeners[0], [1])
+        assert accepted_by_each() == [0, 60, 0]
+        workers.attach_steering(listeners[0], [0, 2])
+        to_each = accepted_by_each()
+        assert to_each[1] == 0 and to_each[0] > 0 and to_each[2] > 0, to_each
+        listeners[0].setsockopt(socket.SOL_SOCKET, workers.SO_DETACH_REUSEPORT_BPF, 0)
+        assert all(accepted_by_each()), "detached: the kernel's hash spreads them again"
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+# --- Ctrl-C, and the shutdown's last resort ---------------------------------------------------------------
+
+
+def test_ctrl_c_in_the_terminal_drains_the_server_without_cutting_an_answer(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A terminal's Ctrl-C sends SIGINT to its whole foreground process group. The workers are in groups of
+    their own: the supervisor alone gets it, and drains them once. In its group, a worker would get SIGINT,
+    then the supervisor's SIGTERM: a second stop signal, which stops at once and cuts the answer in flight."""
+    server = start_server("--max-body-bytes", str(SlowReader.SIZE))
+    reader = SlowReader.begin(server)
+    os.killpg(
+        server.pid, signal.SIGINT
+    )  # the server is its group's leader, as in a terminal (tools/phases.py)
+    answer = reader.read_the_rest()
+    assert answer.endswith(reader.body), f"an answer begun was cut: {len(answer)} bytes arrived"
+    server.process.wait(timeout=15)
+    assert server.process.returncode == 0
+
+
+def test_workers_that_cut_their_connections_at_the_shutdown_timeout_are_not_killed(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """At the shutdown timeout each worker cuts what is left and exits by itself; SIGKILL, the supervisor's
+    last resort, comes only KILL_GRACE later, for a worker that did not. A client that never reads its answer
+    holds a connection open until the cut."""
+    server = start_server("--shutdown-timeout", "1", "--max-body-bytes", str(SlowReader.SIZE))
+    reader = SlowReader.begin(server)  # and never read: its answer is cut at the timeout
+    try:
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=15)
+    finally:
+        reader.sock.close()
+    log = server.stderr_so_far()
+    assert "connection(s) cut" in log, log
+    assert "SIGKILL" not in log and log.count("exited with status 0") == 2, log
+    assert server.process.returncode == 0
 
 
 # --- no zombie ------------------------------------------------------------------------------------------

@@ -111,6 +111,9 @@ class PhaseProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._stderr_file,
+            # A session and process group of its own, as a server started from a terminal has: a Ctrl-C
+            # meant for the tests does not reach it, and a test can signal its group as a terminal would.
+            start_new_session=True,
         )
         self.host, self.port = self._wait_until_listening()
         self._stdout_drain.start()
