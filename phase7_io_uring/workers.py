@@ -318,6 +318,7 @@ class Supervisor:
 
     # --8<-- [end:pipe]
 
+    # --8<-- [start:restart]
     def on_ready(self, worker: Worker) -> None:
         worker.ready_since = time.monotonic()
         self.start_failures[worker.slot] = 0
@@ -354,6 +355,8 @@ class Supervisor:
         current = self.generation
         old = {slot: when for (slot, generation), when in self.respawns.items() if generation < current}
         self.respawns = {(slot, current): when for slot, when in old.items()}
+
+    # --8<-- [end:restart]
 
     def check_restart_done(self) -> None:
         old_ones_left = any(worker.generation < self.generation for worker in self.workers.values())
