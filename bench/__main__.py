@@ -8,13 +8,15 @@
 For each scenario, the targets take turns run by run (run 1 of each target, then run 2 of each, ...), so that
 a machine whose speed drifts over minutes slows every target alike. Each run: a fresh server pinned to the
 server CPUs, a warm-up, then one timed wrk run pinned to the client CPUs, reading the server's CPU time from
-/proc around it. Every target runs --workers workers; one that cannot is not measured. A scenario that asks
-for more than `GET /` (a parametrized route, a static file the harness writes) measures only the targets
-that serve it, and records why the others were not measured. Then, per target, the memory it needs to hold
-many idle connections. Prints a summary and writes the results file. Only with --publish (`make bench`) is
-that bench/results/latest.json, with the charts under docs/assets/bench/ and the tables under
-docs/generated/bench/ redrawn from it: any other run is exploratory, written to
-bench/results/exploratory-NAME.json alone, so trying something never overwrites the published numbers.
+/proc around it; before the warm-up, the server must answer every request of the scenario with the bench's
+bytes, or it is not measured. Every target runs --workers workers; one that cannot is not measured. A
+scenario that asks for more than `GET /` (a parametrized route, a static file the harness writes, a
+browser's page load of both) measures only the targets that serve it, and records why the others were not
+measured. Then, per target, the memory it needs to hold many idle connections. Prints a summary and writes
+the results file. Only with --publish (`make bench`) is that bench/results/latest.json, with the charts
+under docs/assets/bench/ and the tables under docs/generated/bench/ redrawn from it: any other run is
+exploratory, written to bench/results/exploratory-NAME.json alone, so trying something never overwrites the
+published numbers.
 """
 
 from __future__ import annotations
@@ -167,8 +169,7 @@ def measure(
     peak_rss: int | None = None
     failure: str | None = None
     try:
-        expected = targets.static_content() if scenario.needs == "static_files" else None
-        if (wrong := targets.check_get(server.port, scenario.path, expected)) is not None:
+        if (wrong := targets.check_answers(server.port, scenario.paths)) is not None:
             raise targets.TargetFailed(f"{target.name}: {wrong}")
         if settings.warmup_s > 0:
             progress.step(f"{label} | warm-up")

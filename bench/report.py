@@ -159,7 +159,7 @@ def not_served_note(results: Results, scenario: Scenario, targets: list[str]) ->
     if not by_reason:
         return []
     groups = "; ".join(f"{', '.join(names)} ({reason})" for reason, names in by_reason.items())
-    return [f"Not measured in this scenario, which asks for `GET {scenario.path}`: {groups}."]
+    return [f"Not measured in this scenario, which asks for {scenario.asks_for}: {groups}."]
 
 
 def scenario_tables(results: Results, scenario: Scenario, targets: list[str]) -> list[str]:
@@ -215,7 +215,7 @@ def phase_costs(results: Results, targets: list[str]) -> list[str]:
         if later not in targets:
             continue
         for scenario in results.scenarios:
-            if scenario.needs is not None:
+            if scenario.needs:
                 continue
             before, after = (results.measurement(name, scenario.name) for name in (earlier, later))
             old = before.spread("server_cpu_us_per_request") if before else None
@@ -242,23 +242,33 @@ def phase_costs(results: Results, targets: list[str]) -> list[str]:
     return lines
 
 
+def times(value: float) -> str:
+    """A ratio, as the tables show it: 1.23 and a multiplication sign."""
+    return f"{value:.2f}\N{MULTIPLICATION SIGN}"
+
+
 def peer_ratios(results: Results, phase: str) -> list[str]:
-    """A row per peer, a column per `GET /` scenario: the phase's requests per server CPU-second over the
-    peer's, run i over run i, median (lowest to highest)."""
-    scenarios = [scenario for scenario in results.scenarios if scenario.needs is None]
+    """A row per peer, a column per scenario the phase was measured in: the phase's requests per server
+    CPU-second over the peer's, run i over run i, median (lowest to highest); a dash where the peer was not
+    measured, and no row for a peer measured in none of them."""
+    scenarios = [
+        scenario
+        for scenario in results.scenarios
+        if (m := results.measurement(phase, scenario.name)) is not None and m.not_served is None
+    ]
     rows = []
     for info in results.targets:
         if info.kind != "peer":
             continue
-        cells = []
+        ratios = []
         for scenario in scenarios:
             ours, theirs = (
                 results.measurement(phase, scenario.name),
                 results.measurement(info.name, scenario.name),
             )
-            paired = ours.ratio(theirs, "requests_per_server_cpu_s") if ours and theirs else None
-            cells.append(with_range(paired, lambda value: f"{value:.2f}\N{MULTIPLICATION SIGN}"))
-        rows.append([info.name, *cells])
+            ratios.append(ours.ratio(theirs, "requests_per_server_cpu_s") if ours and theirs else None)
+        if any(ratios):
+            rows.append([info.name, *(with_range(ratio, times) for ratio in ratios)])
     header = ["against", *(scenario.name for scenario in scenarios)]
     return _table(rows, header) if rows else []
 

@@ -12,8 +12,9 @@ docs render them (`for_terminal()`); a page's "rerun" names the make target unde
 (`rerun_command()`). Each measurement also carries a `summary` (median, min, max) for readers of the JSON;
 loading ignores it and recomputes. The tradeoff: the schema is plain dataclasses checked by hand, not a
 schema library, so it stays readable; `SCHEMA_VERSION` changes whenever a field changes or a required one is
-added. A new field with a default that says what older files meant (a scenario's `path` is "/") keeps the
-version: older files still load.
+added. A new field with a default that says what older files meant (a scenario's `path` is "/", its `mix`
+empty) keeps the version: older files still load; so does a field that widens, read back as it was written
+(a scenario's `needs`, once one name or null, now a list of names).
 """
 
 from __future__ import annotations
@@ -42,7 +43,17 @@ from tools.phases import REPO_ROOT
 SCHEMA_VERSION = 2
 # A run during which other processes used more than this share of a core is noisy: the bench repeats it.
 NOISY_OTHER_SHARE = 0.25
-PEER_PACKAGES = ("aiohttp", "granian", "gunicorn", "httptools", "uvicorn", "uvloop", "matplotlib", "py-spy")
+PEER_PACKAGES = (
+    "aiohttp",
+    "granian",
+    "gunicorn",
+    "httptools",
+    "starlette",
+    "uvicorn",
+    "uvloop",
+    "matplotlib",
+    "py-spy",
+)
 
 
 EXPLORATORY_PREFIX = "exploratory-"
@@ -438,6 +449,18 @@ def _build(cls: type[Any], raw: dict[str, Any], **nested: Any) -> Any:
     return cls(**{name: raw[name] for name in names if name in raw and name not in nested}, **nested)
 
 
+def _scenario(raw: dict[str, Any]) -> Scenario:
+    """A scenario, its lists as the tuples the code compares; `needs` written as one name, or null, by older
+    files."""
+    needs = raw.get("needs") or ()
+    return _build(  # type: ignore[no-any-return]
+        Scenario,
+        raw,
+        needs=(needs,) if isinstance(needs, str) else tuple(needs),
+        mix=tuple(raw.get("mix", ())),
+    )
+
+
 def from_json(raw: dict[str, Any]) -> Results:
     _check_envelope(raw, "http")
     try:
@@ -446,7 +469,7 @@ def from_json(raw: dict[str, Any]) -> Results:
             raw,
             settings=_build(Settings, raw["settings"]),
             targets=[_build(TargetInfo, item) for item in raw["targets"]],
-            scenarios=[_build(Scenario, item) for item in raw["scenarios"]],
+            scenarios=[_scenario(item) for item in raw["scenarios"]],
             measurements=[
                 _build(
                     Measurement,

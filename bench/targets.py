@@ -1,25 +1,30 @@
 """The servers we measure, and how each one is started, checked and stopped.
 
-A target is either one of our HTTP phases or a peer: a well-known server serving the same hello world. Each is
-started the same way: on port 0, so the kernel picks a free port and no other process can take it first,
-pinned to the server CPUs with `taskset`, in its own process group (nginx, gunicorn and granian fork workers;
-stopping the group stops them all), with its output in a log file. Not every peer prints the port it got, so
-the harness asks the kernel (psutil) which port the server's process tree listens on. It counts as ready once
-`GET /` answers 200 `text/plain` `Hello, World!`: the same check for every target, so no target is measured
-serving something else. Every target runs the same number of workers, `--workers N` (processes, or a
-Rust runtime's threads); one that serves from a single process is not measured when N > 1, with the reason.
-Beyond `GET /`, a target serves what its `serves` names: our phases what their
-CAPABILITIES say ("routing": `GET /users/123`; "static_files": the files of one directory, which the harness
-writes, under /static/), nginx the same static files, by sendfile. A peer whose tool is missing is skipped
-with the reason. The tradeoff: nginx refuses
-`listen ...:0`, so for nginx alone the harness picks a free port and nginx binds it a moment later; if another
-process takes it in between, nginx fails to start and the run says so.
+A target is either one of our HTTP phases or a peer: a well-known server doing the same work. Each is started
+the same way: on port 0, so the kernel picks a free port and no other process can take it first, pinned to
+the server CPUs with `taskset`, in its own process group (nginx, gunicorn and granian fork workers; stopping
+the group stops them all), with its output in a log file. Not every peer prints the port it got, so the
+harness asks the kernel (psutil) which port the server's process tree listens on. Every target runs the same
+number of workers, `--workers N` (processes, or a Rust runtime's threads); one that serves from a single
+process is not measured when N > 1, with the reason.
+
+Every target serves `GET /`: 200, `text/plain`, `Hello, World!`. Beyond it, a target serves what its `serves`
+names: our phases what their CAPABILITIES say, the peers what they are set up here to serve. "routing" is our
+demo app's routes, `GET /json` and `GET /users/{id:int}`, answered with our bytes exactly (`{"id": 123}`, as
+json.dumps writes it); "static_files" is the files of one directory, which the harness writes, under
+/static/. A target counts as started once `GET /` answers the hello world, and before each run it must answer
+every request of the scenario as `expected_answer` says (status, media type, body byte for byte): the same
+check for every target, so no target is ever measured serving something else. A peer whose tool is missing is
+skipped with the reason. The tradeoff: nginx refuses `listen ...:0`, so for nginx alone the harness picks a
+free port and nginx binds it a moment later; if another process takes it in between, nginx fails to start and
+the run says so.
 """
 
 from __future__ import annotations
 
 import http.client
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -28,7 +33,7 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,14 +44,53 @@ from tools.phases import HOST, REPO_ROOT, find_phases, phase_capabilities, phase
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 EXPECTED_BODY = b"Hello, World!"
+JSON_BODY = b'{"message":"Hello, World!"}'  # GET /json, as our demo app sends it
+USERS_PREFIX = "/users/"  # GET /users/{id:int}: json.dumps({"id": id})
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 # What a scenario may need beyond `GET /`, as phase capabilities name it.
 SERVABLE = frozenset({"routing", "static_files"})
-# The static file every target that serves static files serves, from one directory the harness writes.
-STATIC_FILE_NAME = "file64k.bin"
-STATIC_FILE_BYTES = 64 * 1024
-STATIC_URL_PATH = f"/static/{STATIC_FILE_NAME}"
+# Asked of every target in the checks, as a browser asks: a target that compresses is caught by the body.
+CHECK_HEADERS = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    """A file the harness writes into the static directory, and the media types a target may send it as: the
+    first is the registered one (nginx.conf says it); any other is an alias that some type tables still give
+    (Python's own, without /etc/mime.types, calls JavaScript application/javascript)."""
+
+    name: str
+    size: int
+    media_types: tuple[str, ...]
+
+    @property
+    def url_path(self) -> str:
+        return f"/static/{self.name}"
+
+    def content(self) -> bytes:
+        """Every byte value in turn, so any offset can be checked, starting where the file's place in
+        STATIC_FILES says: the same every run, and no two files alike, so serving the wrong one is caught."""
+        start = STATIC_FILES.index(self)
+        return (bytes(range(256)) * (self.size // 256 + 2))[start : start + self.size]
+
+
+STATIC_FILES = (
+    StaticFile("file64k.bin", 64 * 1024, ("application/octet-stream",)),
+    # A small site's page assets, at sizes typical of minified files (sent as they are: no target here
+    # compresses). Types that every type table agrees on, JavaScript aside: no font, since Python's own
+    # table has no woff2.
+    StaticFile("style.css", 16 * 1024, ("text/css",)),
+    StaticFile("app.js", 48 * 1024, ("text/javascript", "application/javascript")),
+    StaticFile("logo.svg", 4 * 1024, ("image/svg+xml",)),
+    StaticFile("hero.jpg", 40 * 1024, ("image/jpeg",)),
+    StaticFile("avatar.png", 8 * 1024, ("image/png",)),
+)
+STATIC_FILES_BY_PATH = {file.url_path: file for file in STATIC_FILES}
+# The static-64k scenario's file.
+STATIC_FILE = STATIC_FILES[0]
+STATIC_FILE_BYTES = STATIC_FILE.size
+STATIC_URL_PATH = STATIC_FILE.url_path
 
 # A target's command line, given the port it must listen on (0: any), a scratch directory for its own files,
 # the directory of static files to serve at /static/ (if it serves any) and the number of workers to run.
@@ -68,28 +112,49 @@ class Target:
     serves: frozenset[str] = frozenset()  # which of SERVABLE it serves, besides `GET /`
     one_process: str | None = None  # why it cannot run more than one worker, or None if it can
 
-    def not_served(self, needs: str | None) -> str | None:
+    def not_served(self, needs: Collection[str]) -> str | None:
         """Why this target is not measured in a scenario that needs `needs`, or None if it is."""
-        if needs is None or needs in self.serves:
+        lacking = ", ".join(repr(need) for need in sorted(set(needs) - self.serves))
+        if not lacking:
             return None
         if self.kind == "phase":
-            return f"its CAPABILITIES have no {needs!r}"
-        return "peers serve GET / only" if needs == "routing" else "set up here to serve GET / only"
+            return f"its CAPABILITIES have no {lacking}"
+        return "set up here to serve GET / only" if not self.serves else f"set up here without {lacking}"
 
 
-def static_content() -> bytes:
-    """The static file's bytes: every byte value in turn, so any offset can be checked, the same every run."""
-    return bytes(range(256)) * (STATIC_FILE_BYTES // 256)
+@dataclass(frozen=True)
+class Answer:
+    """What a target must answer to one GET: 200, one of `media_types` (parameters such as charset aside),
+    and `body`, byte for byte."""
+
+    media_types: tuple[str, ...]
+    body: bytes
+
+
+def expected_answer(path: str) -> Answer:
+    """The answer every target must give to `GET path`, for each path a scenario asks for; ValueError for a
+    path no scenario asks for."""
+    if path == "/":
+        return Answer(("text/plain",), EXPECTED_BODY)
+    if path == "/json":
+        return Answer(("application/json",), JSON_BODY)
+    digits = path.removeprefix(USERS_PREFIX)
+    if path.startswith(USERS_PREFIX) and digits.isascii() and digits.isdigit():
+        return Answer(("application/json",), json.dumps({"id": int(digits)}).encode())
+    if (file := STATIC_FILES_BY_PATH.get(path)) is not None:
+        return Answer(file.media_types, file.content())
+    raise ValueError(f"no target is expected to serve {path!r}")
 
 
 def write_static_files(directory: Path) -> Path:
-    """Fill `directory`, the static files every target serves at /static/: one file, STATIC_FILE_NAME. Both
-    are made readable by everyone: started by root, nginx runs its worker as `nobody`. So `directory` must be
-    its own temporary directory, not inside a private (0700) one."""
+    """Fill `directory`, the static files every target serves at /static/: STATIC_FILES. All are made
+    readable by everyone: started by root, nginx runs its worker as `nobody`. So `directory` must be its own
+    temporary directory, not inside a private (0700) one."""
     directory.chmod(0o755)
-    file = directory / STATIC_FILE_NAME
-    file.write_bytes(static_content())
-    file.chmod(0o644)
+    for static_file in STATIC_FILES:
+        file = directory / static_file.name
+        file.write_bytes(static_file.content())
+        file.chmod(0o644)
     return directory
 
 
@@ -152,16 +217,29 @@ def _python_modules_missing(*modules: str) -> Callable[[], str | None]:
 
 
 def _python_module(arguments: str, more_workers: str = "") -> CommandFactory:
-    """`python -m ARGUMENTS`, with {host}, {port} and {workers} filled in, and `more_workers` too if there are
-    more than one. Run from the repository root, where the `bench.peers` apps import."""
+    """`python -m ARGUMENTS`, with {host}, {port}, {workers} and {static_dir} filled in, and `more_workers`
+    too if there are more than one. Run from the repository root, where the `bench.peers` apps import."""
 
     def command(port: int, scratch: Path, static_dir: Path, workers: int) -> list[str]:
-        filled = (arguments + (more_workers if workers > 1 else "")).format(
-            host=HOST, port=port, workers=workers
-        )
-        return [sys.executable, "-m", *filled.split()]
+        words = (arguments + (more_workers if workers > 1 else "")).split()
+        fields = {"host": HOST, "port": port, "workers": workers, "static_dir": static_dir}
+        return [sys.executable, "-m", *(word.format(**fields) for word in words)]
 
     return command
+
+
+# uvicorn as both of its targets run it: uvloop, httptools, no lifespan events, no access log.
+UVICORN = (
+    "uvicorn --host {host} --port {port} --loop uvloop --http httptools --lifespan off"
+    " --no-access-log --log-level warning --backlog 2048 --timeout-keep-alive 75"
+)
+STATIC_DIR_VARIABLE = "BENCH_STATIC_DIR"  # where bench/peers/starlette_app.py finds the static files
+
+
+def _starlette_command(port: int, scratch: Path, static_dir: Path, workers: int) -> list[str]:
+    # uvicorn imports the app by its name, so the app cannot take arguments: it reads the environment.
+    uvicorn = _python_module(f"{UVICORN} bench.peers.starlette_app:app", more_workers=" --workers {workers}")
+    return ["env", f"{STATIC_DIR_VARIABLE}={static_dir}", *uvicorn(port, scratch, static_dir, workers)]
 
 
 def nginx_path() -> str | None:
@@ -242,56 +320,67 @@ def _hyper_missing() -> str | None:
 
 def _hyper_command(port: int, scratch: Path, static_dir: Path, workers: int) -> list[str]:
     threads = ["--threads", str(workers)] if workers > 1 else []  # a multi-thread runtime
-    return [str(HYPER_BINARY), "--host", HOST, "--port", str(port), *threads]
+    return [str(HYPER_BINARY), "--host", HOST, "--port", str(port), "--static-dir", str(static_dir), *threads]
 
 
 PEERS = (
     Target(
         "nginx",
         "peer",
-        "nginx, --workers worker processes, access log off, static files by sendfile (C)",
+        "nginx, --workers worker processes, access log off; the routes as `return` in `location` blocks"
+        " (a regex for /users/N), static files by sendfile (C)",
         _nginx_command,
         _nginx_missing,
-        serves=frozenset({"static_files"}),
+        serves=SERVABLE,
     ),
     Target(
         "hyper",
         "peer",
         "hyper 0.14 on a current-thread tokio runtime (multi-thread, --workers threads, if more than one),"
-        " what Axum runs on (Rust)",
+        " what Axum runs on; the routes in a `match`, static files read whole per request (Rust)",
         _hyper_command,
         _hyper_missing,
+        serves=SERVABLE,
     ),
     Target(
         "granian",
         "peer",
-        "granian, RSGI app, --workers workers, 1 runtime thread each (Rust server, Python app)",
+        "granian, RSGI app routing with a dict, --workers workers, 1 runtime thread each; static files by"
+        " granian itself (Rust server, Python app)",
         _python_module(
             "granian --interface rsgi --host {host} --port {port} --http 1 --no-ws --workers {workers}"
             " --runtime-mode st --runtime-threads 1 --loop uvloop --backlog 2048 --backpressure 16384"
-            " --no-access-log --log-level warning bench.peers.rsgi_app:app"
+            " --no-access-log --log-level warning"
+            " --static-path-route /static --static-path-mount {static_dir} bench.peers.rsgi_app:app"
         ),
         _python_modules_missing("granian", "uvloop"),
+        serves=SERVABLE,
     ),
     Target(
         "uvicorn",
         "peer",
-        "uvicorn with uvloop and httptools, --workers processes, raw ASGI app"
-        " (Python; C and Cython loop and parser)",
-        _python_module(
-            "uvicorn --host {host} --port {port} --loop uvloop --http httptools --lifespan off"
-            " --no-access-log --log-level warning --backlog 2048 --timeout-keep-alive 75"
-            " bench.peers.asgi_app:app",
-            more_workers=" --workers {workers}",
-        ),
+        "uvicorn with uvloop and httptools, --workers processes, a raw ASGI app serving GET / only: the"
+        " least an ASGI server adds (Python; C and Cython loop and parser)",
+        _python_module(f"{UVICORN} bench.peers.asgi_app:app", more_workers=" --workers {workers}"),
         _python_modules_missing("uvicorn", "uvloop", "httptools"),
+    ),
+    Target(
+        "starlette",
+        "peer",
+        "uvicorn like the above, --workers processes, running a Starlette app: its router and its"
+        " StaticFiles, the core of FastAPI (Python)",
+        _starlette_command,
+        _python_modules_missing("uvicorn", "uvloop", "httptools", "starlette"),
+        serves=SERVABLE,
     ),
     Target(
         "aiohttp",
         "peer",
-        "aiohttp web server on the standard asyncio loop (Python, C parser)",
-        _python_module("bench.peers.aiohttp_app --host {host} --port {port}"),
+        "aiohttp web server on the standard asyncio loop, its router, static files by sendfile (Python, C"
+        " parser)",
+        _python_module("bench.peers.aiohttp_app --host {host} --port {port} --static-dir {static_dir}"),
         _python_modules_missing("aiohttp"),
+        serves=SERVABLE,
         one_process="aiohttp's web.run_app serves from one process",
     ),
     Target(
@@ -341,36 +430,35 @@ def select(names: list[str], phases: list[Target]) -> list[Target]:
 # --------------------------------------------------------------------------------------------- running
 
 
-def _get(port: int, path: str, timeout: float = 2.0) -> tuple[http.client.HTTPResponse, bytes]:
+def check_answers(port: int, paths: Iterable[str], timeout: float = 2.0) -> str | None:
+    """None if `GET path` answers as `expected_answer(path)` says, for each of `paths` in turn on one
+    keep-alive connection; otherwise what is wrong with the first wrong answer. Raises OSError if no server
+    accepts the connection (yet)."""
     connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response, response.read()
+        for path in paths:
+            expected = expected_answer(path)
+            connection.request("GET", path, headers=CHECK_HEADERS)
+            response = connection.getresponse()
+            body = response.read()
+            media_type = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
+            if response.status == 200 and media_type in expected.media_types and body == expected.body:
+                continue
+            shown = repr(body[:60]) if len(body) <= 60 else f"{body[:40]!r}... ({len(body):,} bytes)"
+            wanted = repr(expected.body) if len(expected.body) <= 60 else f"its {len(expected.body):,} bytes"
+            return (
+                f"GET {path} answered {response.status}, Content-Type {media_type or 'missing'!r}, body"
+                f" {shown}; the bench expects 200, {' or '.join(map(repr, expected.media_types))}, {wanted}"
+            )
+        return None
     finally:
         connection.close()
-
-
-def check_get(port: int, path: str, expected_body: bytes | None) -> str | None:
-    """None if `GET path` answers 200, with `expected_body` if one is given; otherwise what is wrong. Checked
-    once per scenario, so no target is measured answering a 404 or another file."""
-    response, body = _get(port, path)
-    if response.status != 200 or (expected_body is not None and body != expected_body):
-        return f"GET {path} answered {response.status} with {len(body):,} bytes, not the bench's 200 and body"
-    return None
 
 
 def check_hello(port: int) -> str | None:
     """None if `GET /` answers the bench's hello world; otherwise what is wrong. Raises OSError if no server
     accepts the connection yet."""
-    response, body = _get(port, "/")
-    media_type = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
-    if response.status != 200 or media_type != "text/plain" or body != EXPECTED_BODY:
-        return (
-            f"GET / answered {response.status}, Content-Type {media_type or 'missing'!r}, body {body[:60]!r};"
-            f" the bench expects 200, 'text/plain', {EXPECTED_BODY!r}"
-        )
-    return None
+    return check_answers(port, ["/"])
 
 
 @dataclass

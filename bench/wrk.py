@@ -1,5 +1,15 @@
 """The load: what each scenario asks of wrk, how wrk is run, and how its results are read.
 
+Four scenarios ask every target for `GET /`, the hello world, and so measure the server's own costs: per
+request on kept-alive connections (keepalive-64), per batch of pipelined requests (pipeline-16), per new
+connection (close), and with many connections open (keepalive-1000). Three measure the work an application
+asks for, with only the targets that serve the same bytes (bench/targets.py checks them before every run):
+route-64, a parametrized route, `GET /users/123`, routed, handled and rendered as JSON; static-64k, a 64 KiB
+file from the page cache; browser, a page load as a browser makes it, twelve paths in turn (the page, its
+stylesheet, script and images, the data its script fetches), each request with the half kilobyte of headers
+a browser sends (cookies, its User-Agent, an Accept line per kind of resource: bench/lua/browser.lua), so
+header parsing, routing and files of several sizes at once.
+
 wrk is one C thread (`-t1`) pinned to the client CPUs, so the load generator never competes with the server
 for a core. Its results come from a Lua `done()` hook (bench/lua/report.lua) that prints one line of JSON,
 because wrk's human-readable report rounds ("1.48k") and mixes units. The tradeoff: one wrk thread saturates
@@ -34,12 +44,44 @@ class Scenario:
     pipeline_depth: int = 1  # requests per write; above 1, latency is not measured meaningfully
     close: bool = False  # send `Connection: close`: every request pays for a new TCP connection
     path: str = "/"  # what every request asks for
-    # What a target must serve beyond `GET /` to be measured here (a phase capability, e.g. "routing"); the
+    # What a target must serve beyond `GET /` to be measured here (phase capabilities, e.g. "routing"); the
     # targets that do not are listed as not measured, with the reason.
-    needs: str | None = None
+    needs: tuple[str, ...] = ()
+    # If not empty: the paths asked for in turn, each with a browser's headers (browser.lua), not `path`.
+    mix: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path the scenario asks for: each target must answer them all correctly to be measured."""
+        return self.mix or (self.path,)
+
+    @property
+    def asks_for(self) -> str:
+        """What the scenario asks for, in a sentence: `GET /users/123`, or the mix's paths."""
+        if not self.mix:
+            return f"`GET {self.path}`"
+        return f"{len(self.mix)} paths in turn ({', '.join(f'`{path}`' for path in self.mix)})"
 
 
 # --8<-- [start:scenarios]
+# A page load as a browser makes it, in its order: the page, the stylesheet, script and images it links, then
+# the data its script fetches. Sizes and kinds of the files: bench/targets.py, STATIC_FILES.
+PAGE_LOAD = (
+    "/",
+    "/static/style.css",
+    "/static/app.js",
+    "/static/logo.svg",
+    "/static/hero.jpg",
+    "/static/avatar.png",
+    "/json",
+    "/users/1",
+    "/users/42",
+    "/users/123",
+    "/users/2024",
+    "/users/65536",
+)
+
+
 SCENARIOS = (
     Scenario("keepalive-64", "keep-alive, 64 connections", connections=64),
     Scenario("pipeline-16", "pipelined, 16 requests per write, 64 connections", 64, pipeline_depth=16),
@@ -50,14 +92,21 @@ SCENARIOS = (
         "a parametrized route, GET /users/123, keep-alive, 64 connections",
         64,
         path="/users/123",
-        needs="routing",
+        needs=("routing",),
     ),
     Scenario(
         "static-64k",
         f"a 64 KiB static file, GET {STATIC_URL_PATH}, keep-alive, 64 connections",
         64,
         path=STATIC_URL_PATH,
-        needs="static_files",
+        needs=("static_files",),
+    ),
+    Scenario(
+        "browser",
+        f"a browser's page load: {len(PAGE_LOAD)} routes and files, keep-alive, 64 connections",
+        64,
+        needs=("routing", "static_files"),
+        mix=PAGE_LOAD,
     ),
 )
 # --8<-- [end:scenarios]
@@ -81,7 +130,10 @@ class WrkResult:
 def command(scenario: Scenario, origin: str, duration_s: int, cpus: str) -> list[str]:
     """The exact wrk command line for a scenario against `origin` (`http://HOST:PORT`), recorded in the
     results so anyone can rerun it."""
-    script = LUA_DIR / ("pipeline.lua" if scenario.pipeline_depth > 1 else "report.lua")
+    if scenario.mix:
+        script = LUA_DIR / "browser.lua"
+    else:
+        script = LUA_DIR / ("pipeline.lua" if scenario.pipeline_depth > 1 else "report.lua")
     wrk = [
         "wrk",
         "--threads", "1",
@@ -95,6 +147,8 @@ def command(scenario: Scenario, origin: str, duration_s: int, cpus: str) -> list
     wrk.append(origin + scenario.path)
     if scenario.pipeline_depth > 1:
         wrk += ["--", str(scenario.pipeline_depth)]  # the script's argument: requests per write
+    if scenario.mix:
+        wrk += ["--", *scenario.mix]  # the script's arguments: the paths, asked for in turn
     return pinned(cpus, wrk)
 
 

@@ -16,9 +16,12 @@ import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import h11
 import pytest
@@ -121,11 +124,97 @@ def test_command_pins_wrk_and_passes_each_scenario_its_options() -> None:
     assert wrk.command(by_name["route-64"], origin, 5, "0")[-1] == origin + "/users/123"
     assert wrk.command(by_name["static-64k"], origin, 5, "0")[-1] == origin + "/static/file64k.bin"
 
+    browser = wrk.command(by_name["browser"], origin, 5, "0")
+    assert browser[browser.index("--script") + 1].endswith("browser.lua")
+    assert browser[browser.index(url) :] == [url, "--", *wrk.PAGE_LOAD]  # the mix: the script's arguments
+    assert browser[browser.index("--connections") + 1] == "64" and "--header" not in browser
+
+
+def test_the_page_load_mixes_routes_and_static_files_that_every_check_knows() -> None:
+    """About a dozen paths, dynamic and static, the harness writes each static file, and the readiness check
+    knows what every path of every scenario must answer."""
+    mix = wrk.PAGE_LOAD
+    static = [path for path in mix if path.startswith("/static/")]
+    assert 10 <= len(mix) <= 15 and mix[0] == "/" and "/json" in mix
+    assert len(static) >= 4 and sum(path.startswith("/users/") for path in mix) >= 3
+    assert set(static) <= set(targets.STATIC_FILES_BY_PATH)
+    assert len({targets.expected_answer(path).media_types for path in static}) == len(static)  # all kinds
+    for scenario in wrk.SCENARIOS:
+        for path in scenario.paths:
+            targets.expected_answer(path)  # raises for a path no target is checked on
+    assert targets.expected_answer("/users/123").body == b'{"id": 123}'  # json.dumps, as our phases send it
+    with pytest.raises(ValueError, match="no target is expected to serve"):
+        targets.expected_answer("/users/abc")
+
 
 def test_the_lua_scripts_exist_where_the_commands_point() -> None:
     for scenario in wrk.SCENARIOS:
         command = wrk.command(scenario, "http://127.0.0.1:1", 1, "0")
         assert Path(command[command.index("--script") + 1]).is_file()
+
+
+class RecordingHandler(BaseHTTPRequestHandler):
+    """Answers every GET with a small 200, and keeps each request's path and headers for the test."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[tuple[str, list[tuple[str, str]]]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, list(self.headers.items())))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """A threaded HTTP server on a free port, answering with `handler`, for as long as the block runs."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# What a browser accepts, by kind of resource: the start of its Accept line.
+BROWSER_ACCEPTS = {
+    "/": "text/html,",
+    ".css": "text/css,",
+    ".js": "*/*",
+    ".svg": "image/",
+    ".jpg": "image/",
+    ".png": "image/",
+    "data": "application/json",
+}
+
+
+def test_the_browser_script_asks_for_the_whole_mix_with_a_browsers_headers() -> None:
+    require_tool("wrk")
+    scenario = next(scenario for scenario in wrk.SCENARIOS if scenario.name == "browser")
+    RecordingHandler.seen = []
+    with serving(RecordingHandler) as port:
+        command = wrk.command(scenario, f"http://127.0.0.1:{port}", 1, str(min(os.sched_getaffinity(0))))
+        command[command.index("--connections") + 1] = "1"  # one connection: the mix in its order
+        result, _ = wrk.run(command, 1)
+    assert result.requests >= len(wrk.PAGE_LOAD) and not any(result.errors.values())
+    seen = RecordingHandler.seen[: len(wrk.PAGE_LOAD)]
+    assert sorted(path for path, _ in seen) == sorted(wrk.PAGE_LOAD)  # each once, wherever the cycle began
+    for path, headers in seen:
+        names = {name.lower(): value for name, value in headers}
+        assert 10 <= len(headers) <= 15, (path, headers)
+        assert "Firefox/" in names["user-agent"] and "session=" in names["cookie"]
+        assert names["connection"] == "keep-alive" and names["sec-fetch-dest"]
+        kind = path if path == "/" else Path(path).suffix or "data"
+        assert names["accept"].startswith(BROWSER_ACCEPTS[kind]), (path, names["accept"])
+        assert ("referer" in names) == (path != "/")  # the page is the Referer of everything it loads
 
 
 # --------------------------------------------------------------------------------------------- cpu
@@ -296,6 +385,16 @@ def test_results_json_has_the_documented_shape(tmp_path: Path) -> None:
     assert document["idle"][1]["bytes_per_connection"] is None  # it failed: no figure
 
 
+def test_a_scenario_from_an_older_file_needs_what_it_needed() -> None:
+    """Files from before a scenario could need more than one thing wrote `needs` as one name, or null."""
+    document = _results().to_json()
+    both = ("routing", "static_files")
+    for written, read in (("routing", ("routing",)), (None, ()), (list(both), both)):
+        document["scenarios"][0]["needs"] = written
+        (scenario,) = results.from_json(document).scenarios
+        assert scenario.needs == read and scenario.mix == ()
+
+
 def test_loading_rejects_another_schema_version_and_missing_fields() -> None:
     document = _results().to_json()
     with pytest.raises(results.SchemaError, match="schema_version"):
@@ -324,12 +423,12 @@ def _with_a_routed_phase() -> results.Results:
     base = _results()
     keepalive = base.measurements[0]
     dearer = [dataclasses.replace(run, server_cpu_s=run.server_cpu_s * 1.1) for run in keepalive.runs]
-    route = wrk.Scenario("route-64", "a route", 64, 1, False, "/users/123", "routing")
+    route = wrk.Scenario("route-64", "a route", 64, 1, False, "/users/123", ("routing",))
     phase4_keepalive = dataclasses.replace(keepalive, target="phase4_routing", runs=dearer)
     phase4_route = dataclasses.replace(phase4_keepalive, scenario="route-64")
     not_served = [
         results.Measurement("phase3_http_parse", "route-64", [], [], [], None, not_served="no 'routing'"),
-        results.Measurement("nginx", "route-64", [], [], [], None, not_served="peers serve GET / only"),
+        results.Measurement("nginx", "route-64", [], [], [], None, not_served="set up for GET / only"),
     ]
     return dataclasses.replace(
         base,
@@ -393,7 +492,7 @@ def test_a_scenario_a_target_does_not_serve_says_so_instead_of_leaving_a_hole(tm
     assert "| nginx |" not in section and "| **phase3_http_parse** |" not in section
     assert (
         "Not measured in this scenario, which asks for `GET /users/123`: phase3_http_parse (no 'routing');"
-        " nginx (peers serve GET / only)." in section
+        " nginx (set up for GET / only)." in section
     )
     # A page where nothing serves the scenario leaves it out; the terminal says n/a.
     assert "#### A route" not in report.markdown(measured, ["phase3_http_parse", "nginx"], "test.json")
@@ -733,16 +832,20 @@ def test_select_expands_groups_and_rejects_unknown_names() -> None:
         targets.select(["nope"], [phase])
 
 
-# The peers' command lines as they were before --workers existed: `--workers 1` must give exactly these.
+# The peers' command lines with `--workers 1`, STATIC standing for the static files' directory.
+UVICORN = (
+    f"{sys.executable} -m uvicorn --host 127.0.0.1 --port 0 --loop uvloop --http httptools --lifespan off"
+    " --no-access-log --log-level warning --backlog 2048 --timeout-keep-alive 75"
+)
 ONE_WORKER_PEER_COMMANDS = {
-    "hyper": f"{targets.HYPER_BINARY} --host 127.0.0.1 --port 0",
+    "hyper": f"{targets.HYPER_BINARY} --host 127.0.0.1 --port 0 --static-dir STATIC",
     "granian": f"{sys.executable} -m granian --interface rsgi --host 127.0.0.1 --port 0 --http 1 --no-ws"
     " --workers 1 --runtime-mode st --runtime-threads 1 --loop uvloop --backlog 2048 --backpressure 16384"
-    " --no-access-log --log-level warning bench.peers.rsgi_app:app",
-    "uvicorn": f"{sys.executable} -m uvicorn --host 127.0.0.1 --port 0 --loop uvloop --http httptools"
-    " --lifespan off --no-access-log --log-level warning --backlog 2048 --timeout-keep-alive 75"
-    " bench.peers.asgi_app:app",
-    "aiohttp": f"{sys.executable} -m bench.peers.aiohttp_app --host 127.0.0.1 --port 0",
+    " --no-access-log --log-level warning --static-path-route /static --static-path-mount STATIC"
+    " bench.peers.rsgi_app:app",
+    "uvicorn": f"{UVICORN} bench.peers.asgi_app:app",
+    "starlette": f"env BENCH_STATIC_DIR=STATIC {UVICORN} bench.peers.starlette_app:app",
+    "aiohttp": f"{sys.executable} -m bench.peers.aiohttp_app --host 127.0.0.1 --port 0 --static-dir STATIC",
     "gunicorn": f"{sys.executable} -m gunicorn --bind 127.0.0.1:0 --worker-class gthread --workers 1"
     " --threads 4 --worker-connections 16384 --keep-alive 75 --backlog 2048 --log-level warning"
     " bench.peers.wsgi_app:app",
@@ -750,7 +853,12 @@ ONE_WORKER_PEER_COMMANDS = {
     "floor": f"{sys.executable} -m bench.peers.floor --host 127.0.0.1 --port 0",
 }
 # What the peers without `--workers 1` in their command line are told for 2 workers, at its end.
-TWO_WORKERS_ADDED = {"hyper": "--threads 2", "uvicorn": "--workers 2", "floor": "--workers 2"}
+TWO_WORKERS_ADDED = {
+    "hyper": "--threads 2",
+    "uvicorn": "--workers 2",
+    "starlette": "--workers 2",
+    "floor": "--workers 2",
+}
 
 
 def test_workers_reach_every_target_that_can_run_them(
@@ -760,7 +868,10 @@ def test_workers_reach_every_target_that_can_run_them(
     static = tmp_path / "static"
     phases = targets.discover_phases()
     for peer in targets.PEERS:
-        one, two = (" ".join(peer.command(0, tmp_path, static, workers)) for workers in (1, 2))
+        one, two = (
+            " ".join(peer.command(0, tmp_path, static, workers)).replace(str(static), "STATIC")
+            for workers in (1, 2)
+        )
         if peer.name == "nginx":
             assert one == two == f"/usr/sbin/nginx -p {tmp_path} -c nginx.conf -e {tmp_path}/error.log"
             peer.command(0, tmp_path, static, 2)
@@ -820,6 +931,80 @@ def test_the_runs_are_interleaved_target_by_target_within_each_scenario() -> Non
         ("route-64", 1, "routed"),  # plain does not serve the route: not run at all
         ("route-64", 2, "routed"),
     ]
+
+
+PYTHON_PEERS = {"granian", "uvicorn", "starlette", "aiohttp", "gunicorn", "stdlib", "floor"}
+
+
+def test_a_scenario_that_needs_two_things_measures_the_targets_that_serve_both() -> None:
+    browser = next(scenario for scenario in wrk.SCENARIOS if scenario.name == "browser")
+    assert set(browser.needs) == {"routing", "static_files"}
+
+    def target(kind: Literal["phase", "peer"], serves: set[str]) -> targets.Target:
+        return targets.Target(
+            "t", kind, "t", lambda port, scratch, static_dir, workers: [], serves=frozenset(serves)
+        )
+
+    assert (
+        target("phase", set()).not_served(browser.needs)
+        == "its CAPABILITIES have no 'routing', 'static_files'"
+    )
+    assert target("phase", {"routing"}).not_served(browser.needs) == "its CAPABILITIES have no 'static_files'"
+    assert target("peer", {"routing"}).not_served(browser.needs) == "set up here without 'static_files'"
+    assert target("peer", set()).not_served(browser.needs) == "set up here to serve GET / only"
+    assert target("peer", set(targets.SERVABLE)).not_served(browser.needs) is None
+    # Every scenario has nginx and at least one Python peer to compare with.
+    peers = {peer.name: peer for peer in targets.PEERS}
+    for scenario in wrk.SCENARIOS:
+        serving = {name for name, peer in peers.items() if peer.not_served(scenario.needs) is None}
+        assert "nginx" in serving and serving & PYTHON_PEERS, scenario.name
+
+
+class ScriptedHandler(BaseHTTPRequestHandler):
+    """Answers each path as `answers` says (status, Content-Type, body); a 404 for any other."""
+
+    protocol_version = "HTTP/1.1"
+    answers: ClassVar[dict[str, tuple[int, str, bytes]]] = {}
+
+    def do_GET(self) -> None:
+        status, content_type, body = self.answers.get(self.path, (404, "text/plain", b"Not Found\n"))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_check_refuses_a_target_that_answers_a_request_of_its_scenario_wrongly() -> None:
+    """Before a run, a target must answer every request of the scenario with the bench's status, type and
+    bytes: a body that differs by a space, a wrong type, a file with one wrong byte are all refused."""
+    static = targets.STATIC_FILE
+    right = {
+        "/": (200, "text/plain; charset=utf-8", b"Hello, World!"),
+        "/users/123": (200, "application/json", b'{"id": 123}'),
+        static.url_path: (200, "application/octet-stream", static.content()),
+    }
+    one_byte_off = static.content()[:-1] + b"?"
+    wrong = {
+        "/users/123": [
+            ((200, "application/json", b'{"id":123}'), "body b'{\"id\":123}'"),  # JSONResponse's
+            ((200, "text/plain", b'{"id": 123}'), "Content-Type 'text/plain'"),
+            ((404, "text/plain", b"Not Found\n"), "answered 404"),
+        ],
+        static.url_path: [((200, "application/octet-stream", one_byte_off), "its 65,536 bytes")],
+    }
+    ScriptedHandler.answers = dict(right)
+    with serving(ScriptedHandler) as port:
+        assert targets.check_answers(port, list(right)) is None
+        assert targets.check_hello(port) is None
+        for path, answers in wrong.items():
+            for answer, said in answers:
+                ScriptedHandler.answers = {**right, path: answer}
+                problem = targets.check_answers(port, list(right))
+                assert problem is not None and problem.startswith(f"GET {path} answered") and said in problem
 
 
 def test_the_floor_answers_the_hello_world_and_16_pipelined_requests() -> None:
@@ -892,8 +1077,9 @@ def test_the_real_harness_measures_a_phase_and_a_peer(phase: Phase, tmp_path: Pa
         pytest.skip("the bench measures the phases of this repository (it starts them from its root)")
     command = [
         sys.executable, "-m", "bench", "--targets", f"{phase.name},stdlib",
-        "--scenarios", "keepalive-64,static-64k,idle", "--runs", "1", "--duration", "1", "--warmup", "0",
-        "--idle-connections", "200", "--name", "smoke", "--output-root", str(tmp_path),
+        "--scenarios", "keepalive-64,static-64k,browser,idle",
+        "--runs", "1", "--duration", "1", "--warmup", "0", "--idle-connections", "200",
+        "--name", "smoke", "--output-root", str(tmp_path),
     ]  # fmt: skip
     finished = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=100, check=False
@@ -922,8 +1108,17 @@ def test_the_real_harness_measures_a_phase_and_a_peer(phase: Phase, tmp_path: Pa
         assert static.runs[0].bytes >= static.runs[0].requests * targets.STATIC_FILE_BYTES
     else:
         assert static.not_served and not static.runs and not static.server_command
-    stdlib_static = measured.measurement("stdlib", "static-64k")
-    assert stdlib_static is not None and stdlib_static.not_served == "set up here to serve GET / only"
+    browser = measured.measurement(phase.name, "browser")
+    assert browser is not None
+    if {"routing", "static_files"} <= phase.capabilities:  # every path of the mix checked, then measured
+        assert browser.failure is None and browser.not_served is None, browser
+        assert browser.runs[0].requests > 0 and browser.runs[0].error_count == 0
+        assert browser.wrk_command[-len(wrk.PAGE_LOAD) :] == list(wrk.PAGE_LOAD)
+    else:
+        assert browser.not_served and not browser.runs
+    for scenario in ("static-64k", "browser"):
+        stdlib = measured.measurement("stdlib", scenario)
+        assert stdlib is not None and stdlib.not_served == "set up here to serve GET / only"
     assert measured.machine["wrk"] and measured.settings.runs == 1
     assert phase.name in finished.stdout  # the one-screen summary
 
