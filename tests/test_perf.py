@@ -6,15 +6,23 @@ pipelined requests, a request head and a body split across reads while other con
 (every connection receives into one shared buffer), a body larger than that buffer, HEAD, HTTP/1.0 and
 `Connection: close` (cached responses differ by all three), errors. Then what the optimisations promise that
 a transcript cannot show: an idle connection holds no receive buffer, a cached response's Date stays current,
-and with `--pin` each worker runs on a CPU of its own.
+`--without cached_responses` does turn the cache off, thread workers each parse in a buffer of their own, and
+with `--pin` each worker runs on a CPU of its own.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import email.utils
+import itertools
 import json
+import random
+import re
+import socket
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 import pytest
@@ -24,6 +32,7 @@ from conftest import Phase, RunningServer
 
 Transcript = list[tuple[int, list[tuple[str, str]], bytes]]
 LARGE_BODY = bytes(range(256)) * 800  # 200 KiB: more than the shared receive buffer holds
+SEED = 20261130  # fixed: a failure is reproducible; change it to explore
 
 
 def answer(client: HttpClient, method: str = "GET") -> tuple[int, list[tuple[str, str]], bytes]:
@@ -180,3 +189,119 @@ def test_an_unknown_optimisation_is_a_usage_error(phase: Phase) -> None:
     with pytest.raises(SystemExit) as stopped:
         phase.import_module("__main__").parse_args(["--without", "everything"])
     assert stopped.value.code == 2
+
+
+def application_served_by(phase: Phase, options: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The application a worker of `python -m PHASE OPTIONS` serves with. main() reads the options and binds
+    them to the worker's serve function, as ever; a stand-in for the supervisor then runs that function in a
+    thread (which serve() may block signals in), on a listener of its own, and stops the loop as soon as the
+    worker says it is ready, before its first turn."""
+    main_module = phase.import_module("__main__")
+    server_module = phase.import_module("server")
+    applications: list[Any] = []
+
+    def ready(server: Any) -> None:
+        applications.append(server.application)
+        server.running = False
+
+    def supervise_one_worker(serve_worker: Callable[..., int], *args: object, **kwargs: object) -> int:
+        listener = server_module.create_listener("127.0.0.1", 0)
+        worker = threading.Thread(target=serve_worker, args=(listener, ready))
+        worker.start()
+        worker.join(timeout=10)
+        return 0
+
+    monkeypatch.setattr(main_module, "supervise", supervise_one_worker)
+    assert main_module.main(["--port", "0", "--workers", "1", *options]) == 0
+    [application] = applications
+    return application
+
+
+@pytest.mark.needs("http", "optimisation_switches")
+def test_without_cached_responses_every_answer_is_rendered_anew(
+    phase: Phase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench measures what the response cache buys by turning it off: a switch wired to nothing between
+    the command line and the application would measure nothing, and the transcripts would still agree. With
+    the cache, `GET /` is answered with the bytes rendered for the last one (until the Date changes, once a
+    second); without it, every answer is rendered anew, a bytes object of its own."""
+    protocol = phase.import_module("protocol")
+
+    def three_answers(application: Any) -> list[bytes]:
+        parser = protocol.RequestParser()
+        parser.feed(get("/") * 3)
+        answers: list[bytes] = [application.respond(parser.next_request()) for _ in range(3)]
+        assert all(answer.endswith(HELLO) for answer in answers)
+        return answers
+
+    cached = three_answers(application_served_by(phase, [], monkeypatch))
+    # Three answers made in microseconds straddle at most one change of second: two of them share one.
+    assert cached[0] is cached[1] or cached[1] is cached[2], "with the cache on, nothing was cached"
+    rendered = three_answers(application_served_by(phase, ["--without", "cached_responses"], monkeypatch))
+    assert rendered[0] is not rendered[1] and rendered[1] is not rendered[2], "the cache is still on"
+
+
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.IGNORECASE)
+
+
+def read_bodies(sock: socket.socket, count: int) -> list[bytes]:
+    """Read `count` answers from `sock` -> their bodies; fewer if the server closes the connection or stops
+    answering (a request it could not parse)."""
+    received = bytearray()
+    bodies: list[bytes] = []
+    while len(bodies) < count:
+        head_end = received.find(b"\r\n\r\n")
+        if head_end >= 0:
+            length = CONTENT_LENGTH.search(received, 0, head_end)
+            body_end = head_end + 4 + (int(length.group(1)) if length else 0)
+            if len(received) >= body_end:
+                bodies.append(bytes(received[head_end + 4 : body_end]))
+                del received[:body_end]  # cheap: a bytearray moves its start, not its bytes
+                continue
+        try:
+            chunk = sock.recv(1 << 16)
+        except (TimeoutError, ConnectionError):
+            break
+        if not chunk:
+            break
+        received += chunk
+    return bodies
+
+
+ECHO_REQUEST_SIZE = 512  # bytes, head and body: eight whole requests fill a 4 KiB receive exactly
+
+
+@pytest.mark.needs("http", "multi_process", "optimisation_switches")
+def test_thread_workers_receive_into_buffers_of_their_own(start_server: Callable[..., RunningServer]) -> None:
+    """With --model threads every loop runs in one process, and each must parse in a shared buffer of its
+    own: one buffer for the whole process would be written by one loop while another still parses what it
+    put there (the interpreter switches threads every few milliseconds, and a loop lets the others run
+    while it makes a system call), and a request would be answered with another client's bytes. 24 clients
+    at once, each pipelining echoes of bodies of its own, 19,200 in all, every echo compared byte for byte.
+    Every request is ECHO_REQUEST_SIZE bytes, so that a receive ends where a request ends and the parser
+    is done with the shared buffer (bytes of a partial request move to a buffer of the parser's own, which
+    no other loop can touch): the shared buffer is in use all the time. A buffer per process garbled the
+    echoes of 19 to 34 of the 48 connections."""
+    server = start_server("--model", "threads", "--workers", "2")
+    clients, connections, echoes = 24, 2, 400
+    body_size = ECHO_REQUEST_SIZE - len(post_echo(b"x" * 100)) + 100
+
+    def corrupted_connections(client: int) -> list[str]:
+        rng = random.Random(f"{SEED}/{client}")
+        corrupted: list[str] = []
+        for connection in range(connections):
+            label = f"client {client}, connection {connection}, echo".encode()
+            bodies = [(b"%s %d: " % (label, n) + rng.randbytes(body_size))[:body_size] for n in range(echoes)]
+            with server.connect(timeout=10) as sock:
+                sock.sendall(b"".join(post_echo(body) for body in bodies))
+                echoed = read_bodies(sock, echoes)
+            for number, (body, echo) in enumerate(itertools.zip_longest(bodies, echoed)):
+                if echo != body:  # the rest of this connection's echoes are lost with it: one report
+                    echo_start = echo[:40] if echo is not None else None
+                    corrupted.append(f"{label.decode()} {number}: {echo_start!r}")
+                    break
+        return corrupted
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        corrupted = [wrong for found in pool.map(corrupted_connections, range(clients)) for wrong in found]
+    assert corrupted == [], f"{len(corrupted)} of {clients * connections} connections, e.g. {corrupted[:3]}"

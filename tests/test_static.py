@@ -1,6 +1,8 @@
 """Black-box tests of static files (phase 4 on): headers, conditional requests, ranges, path traversal (a
 directory swapped for a symlink mid-request included), what is not a regular file (a FIFO), a server out of
-descriptors, and large files sent with sendfile to clients that read slowly, pipelined or not.
+descriptors, every file's descriptor closed once its answer is out, and large files sent with sendfile to
+clients that read slowly, pipelined or not, with what may happen while one goes out: the file truncated, a
+SIGTERM, a head begun before the pause a file makes, more bytes sent after a closing request.
 
 In-process unit tests of the same handler (tests/test_app.py) pin each rule down one function at a time;
 these check that each server.py carries the rule to the wire."""
@@ -11,10 +13,13 @@ import contextlib
 import email.utils
 import fcntl
 import os
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_abuse import (
+    answered_quickly,
+    fds_settle_at,
+    read_until_closed,
+    send_until_closed,
+    unread_by_the_server,
+)
 from test_http import HELLO, HttpClient, get
 
 from conftest import Phase, RunningServer
@@ -185,18 +197,30 @@ def test_a_range_is_for_get_only(files: RunningServer) -> None:
     assert response.header("Content-Range") is None
 
 
-def test_304_and_416_close_the_file_they_opened(files: RunningServer) -> None:
+def test_every_file_answer_closes_the_file_it_opened(files: RunningServer, site: Path) -> None:
+    """Every file answer opens the file; sent whole (a 200, a 206, a large file sent over many writes) or not
+    at all (HEAD, 304, 416), its descriptor must be closed once the answer is out. One descriptor leaked per
+    file sent shows here as 41 more, and on a real server as EMFILE after some thousand downloads."""
     etag = fetch(files, "/static/hello.txt").header("ETag")
-    with HttpClient(files) as client:
+    head = get("/static/hello.txt").replace(b"GET", b"HEAD", 1)
+    answers = [
+        (get("/static/hello.txt"), "GET", 200),
+        (get("/static/hello.txt", "Range: bytes=2-5"), "GET", 206),
+        (head, "HEAD", 200),
+        (get("/static/hello.txt", f"If-None-Match: {etag}"), "GET", 304),
+        (get("/static/hello.txt", "Range: bytes=100-"), "GET", 416),
+    ]
+    with HttpClient(files, timeout=20) as client:
         client.send(get("/"))
         client.response()
         baseline = files.open_fds()  # this connection included: it stays open throughout
         for _ in range(20):
-            conditional = get("/static/hello.txt", f"If-None-Match: {etag}")
-            client.send(conditional + get("/static/hello.txt", "Range: bytes=100-"))
-            assert (client.response().status, client.response().status) == (304, 416)
-        # Each answer was complete before it was read: a descriptor still open now is a leak.
-        assert files.open_fds() == baseline
+            client.send(b"".join(request for request, _, _ in answers))
+            assert [client.response(method).status for _, method, _ in answers] == [s for _, _, s in answers]
+        client.send(get("/static/big.bin"))
+        assert client.response().body == (site / "big.bin").read_bytes()
+        # Each answer has been read whole: a descriptor still open once the server is done with it is a leak.
+        assert fds_settle_at(files, baseline) == baseline
 
 
 def test_if_range_with_another_etag_gets_the_whole_file(files: RunningServer) -> None:
@@ -456,18 +480,201 @@ def test_a_file_pipelined_between_two_small_answers_stays_in_order(files: Runnin
         assert client.response().body == HELLO
 
 
-def test_pipelined_files_nobody_reads_hold_one_descriptor_at_a_time(files: RunningServer) -> None:
-    baseline = files.open_fds()
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        sock.connect(files.address)
-        sender = threading.Thread(target=sock.sendall, args=(get("/static/big.bin") * 200,), daemon=True)
+def small_window_socket(server: RunningServer, timeout: float = 20.0) -> socket.socket:
+    """A client socket with a small receive buffer, set before connect() so that the window is small from the
+    start: what the server sends and the client does not read soon fills it, then the server's socket."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.settimeout(timeout)
+    sock.connect(server.address)
+    return sock
+
+
+class SmallWindowClient(HttpClient):
+    """An HttpClient on a small_window_socket()."""
+
+    def __init__(self, server: RunningServer, timeout: float = 20.0) -> None:
+        self.sock = small_window_socket(server, timeout)
+        self.file = self.sock.makefile("rb")
+
+
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """Receive until the end of an answer's head -> (the head, the bytes of the body received with it)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the end of the head: {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head, body
+
+
+def unread_by_the_client(sock: socket.socket) -> int:
+    """The bytes waiting in `sock`'s receive queue (FIONREAD)."""
+    count: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    return count
+
+
+def wait_until_the_answer_stops_arriving(sock: socket.socket, within: float = 20.0) -> None:
+    """Wait, reading nothing, until what the server sends us has filled the socket buffers: our receive queue
+    holds bytes and has not grown for half a second. A server sending a file then meets a full socket (its
+    sendfile fails with EAGAIN), and backpressure pauses its reading. (A server stalled that long by a busy
+    machine would end the wait early: the test that waits then proves less, and still passes.)"""
+    deadline = time.monotonic() + within
+    queued, unchanged_since = unread_by_the_client(sock), time.monotonic()
+    while not queued or time.monotonic() - unchanged_since < 0.5:
+        assert time.monotonic() < deadline, f"the answer kept arriving for {within} s, unread"
+        time.sleep(0.01)
+        now_queued = unread_by_the_client(sock)
+        if now_queued != queued:
+            queued, unchanged_since = now_queued, time.monotonic()
+
+
+def server_stops_reading_before(sender: threading.Thread, sock: socket.socket, within: float = 30.0) -> bool:
+    """Wait until the server leaves what `sock` sent unread (its receive queue holds bytes, unchanged for half
+    a second: it has stopped reading, and TCP's window stops `sender`) -> True; or until `sender` has sent
+    everything -> False (the server read it all)."""
+    deadline = time.monotonic() + within
+    unread, unchanged_since = -1, time.monotonic()
+    while sender.is_alive():
+        assert time.monotonic() < deadline, f"the server neither paused nor read it all in {within} s"
+        now_unread = unread_by_the_server(sock)
+        if now_unread != unread:
+            unread, unchanged_since = now_unread, time.monotonic()
+        elif unread and time.monotonic() - unchanged_since >= 0.5:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+PIPELINE_BEHIND_A_FILE = 32 * 1024 * 1024  # bytes of requests: many times what the socket buffers hold
+
+
+def test_requests_pipelined_behind_a_file_read_slowly_then_not_at_all_wait_in_the_kernel(
+    files: RunningServer,
+) -> None:
+    """A client pipelines request after request behind a large file, reads half of it slowly, then no more.
+    Nothing can be answered before that file, so while it is in flight the server must read nothing more from
+    the client, however often the socket has room for more of the file: whatever it read it would have to
+    hold, and 32 MiB of requests would be 32 MiB of its memory, or all of it. Unread, they wait in the kernel,
+    whose buffers fill and stop the client (TCP's window). And only the one file being sent is open: the
+    800,000 requests behind it wait, unparsed."""
+    baseline_fds, baseline_rss = files.open_fds(), files.rss_bytes()
+    request = get("/static/big.bin")
+    with small_window_socket(files) as sock:
+        pipeline = request * (PIPELINE_BEHIND_A_FILE // len(request))
+        sender = threading.Thread(target=send_until_closed, args=(sock, pipeline), daemon=True)
         sender.start()
-        time.sleep(1)
-        # The connection, and the one file being sent: 200 pipelined requests wait, unparsed.
-        assert files.open_fds() <= baseline + 2
+        _, received = read_head(sock)
+        while len(received) < 4 * 1024 * 1024:  # each read makes room: the server sends more of the file
+            received += sock.recv(65536)
+            time.sleep(0.005)
+        assert server_stops_reading_before(sender, sock), "the server read every request behind the file"
+        growth = files.rss_bytes() - baseline_rss
+        assert growth < 8 * 1024 * 1024, f"the server holds {growth / 2**20:.0f} MiB more for one client"
+        # The connection, and the one file being sent.
+        assert files.open_fds() <= baseline_fds + 2
+        sock.shutdown(socket.SHUT_RDWR)  # ends the sender's sendall, which TCP's window blocks
+        sender.join(timeout=10)
     assert fetch(files, "/").body == HELLO
-    deadline = time.monotonic() + 5
-    while files.open_fds() != baseline and time.monotonic() < deadline:
-        time.sleep(0.05)  # the server notices the closes on its next turn of the loop
-    assert files.open_fds() == baseline
+    assert fds_settle_at(files, baseline_fds) == baseline_fds
+
+
+def test_a_file_truncated_while_it_is_sent_ends_its_answer_and_the_server_serves_on(
+    phase: Phase, site: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    """The head promised the file's length; once the file is shorter than the offset reached, sendfile
+    returns 0 at once, and will for ever. The server must then close the connection (a body shorter than its
+    Content-Length is how HTTP/1.1 says "cut short"), not call sendfile again and again at 100 % CPU while
+    every other client of that loop waits."""
+    shrinking = site / "shrinking.bin"
+    size = 8 * 1024 * 1024
+    shrinking.write_bytes(os.urandom(size))
+    # One worker, the loop that must serve on. A supervisor kills a worker stuck for --heartbeat-timeout (10 s
+    # by default) and starts another, which hides a stuck loop, but only from clients that waited that long.
+    one_patient_worker = ("--workers", "1", "--heartbeat-timeout", "120")
+    supervised = one_patient_worker if "supervisor" in phase.capabilities else ()
+    files = start_server("--static-dir", str(site), *supervised)
+    with small_window_socket(files) as sock:
+        sock.sendall(get("/static/shrinking.bin"))
+        head, body = read_head(sock)  # the answer has begun: the rest waits for us to read it
+        assert head.startswith(b"HTTP/1.1 200 ") and f"Content-Length: {size}".encode() in head
+        os.truncate(shrinking, 0)
+        rest, ending = read_until_closed(sock, within=20)
+    assert ending in ("eof", "reset"), f"{len(body + rest)} body bytes, and the connection still open"
+    assert len(body + rest) < size
+    assert answered_quickly(files, within=5)
+
+
+@pytest.mark.needs("graceful_shutdown")
+def test_sigterm_lets_a_file_download_in_progress_finish(
+    phase: Phase, site: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    """A drain finishes every answer that has begun, a file's too, however slowly the client reads it: this
+    one reads the head, then nothing for longer than DRAIN_GRACE (the second an idle connection gets to send
+    a last request: a download is not idle), then the rest. It gets every byte, then the server's close."""
+    one_worker = ("--workers", "1") if "multi_process" in phase.capabilities else ()
+    server = start_server("--static-dir", str(site), "--shutdown-timeout", "60", *one_worker)
+    big = (site / "big.bin").read_bytes()
+    with small_window_socket(server) as sock:
+        sock.sendall(get("/static/big.bin"))
+        _, body = read_head(sock)
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while not re.search(r"draining \d+ connection", server.stderr_so_far()):
+            assert time.monotonic() < deadline, f"no drain began: {server.stderr_so_far()}"
+            time.sleep(0.01)
+        time.sleep(1.5)  # the client's pause, not a wait for the server: a slow link, a busy phone
+        rest, ending = read_until_closed(sock, within=20)
+    received = body + rest
+    assert received == big, f"{len(received)} of {len(big)} bytes, then {ending}"
+    assert ending == "eof"
+    assert server.process.wait(timeout=20) == 0
+
+
+@pytest.mark.needs("http_timeouts")
+def test_a_head_begun_before_a_file_paused_the_reading_is_timed_once_the_reading_resumes(
+    site: Path, start_server: Callable[..., RunningServer]
+) -> None:
+    """A file in flight pauses the reading (backpressure), and no clock runs while the server itself is not
+    reading. But the client sent, with the file's request, the start of a head that it never finishes: once
+    the file is read and reading resumes, that head is a slowloris like any other, cut by the header timeout
+    with a 408, not left open until the idle timeout. Its first bytes arrived before the pause, so no new
+    byte comes to start its clock: the resumption must."""
+    server = start_server("--static-dir", str(site), "--header-timeout", "1", "--idle-timeout", "60")
+    big = (site / "big.bin").read_bytes()
+    with SmallWindowClient(server) as client:
+        client.send(get("/static/big.bin") + b"GET / HTTP/1.1\r\nHost: test\r\n")  # never finished
+        wait_until_the_answer_stops_arriving(client.sock)  # the server has met a full socket, and paused
+        assert client.response().body == big
+        client.sock.settimeout(15)  # far past the header timeout, far short of the idle timeout
+        try:
+            response = client.response()
+        except TimeoutError:
+            pytest.fail("no 408 within 15 s: the unfinished head escaped the header timeout")
+        assert response.status == 408
+        assert client.is_closed_by_server()
+
+
+def test_what_a_client_sends_while_a_closing_file_answer_goes_out_is_drained(
+    files: RunningServer, site: Path
+) -> None:
+    """`Connection: close` on a large file, and the client sends more while the file goes out (the next
+    request of its pipeline, sent before it saw the close), when the server is not reading (a file in flight
+    pauses the reading). Once the file is sent, the lingering close half-closes and must read again, draining
+    those bytes: left unread in the server's receive queue, they make its close() send a reset, which destroys
+    whatever of the answer the client has not read yet."""
+    big = (site / "big.bin").read_bytes()
+    with small_window_socket(files) as sock:
+        sock.sendall(get("/static/big.bin", "Connection: close"))
+        _, body = read_head(sock)  # the file goes out, and the server's reading is paused
+        sock.sendall(get("/"))
+        rest, ending = read_until_closed(sock, within=20)
+        assert (body + rest, ending) == (big, "eof")
+        deadline = time.monotonic() + 10
+        try:
+            while unread_by_the_server(sock):
+                assert time.monotonic() < deadline, "our bytes lay unread in the server's receive queue"
+                time.sleep(0.01)
+        except (LookupError, OSError):  # its end is gone, and ours was reset (ENOTCONN)
+            pytest.fail("the server closed the connection with our bytes unread: its close sent a reset")

@@ -3,12 +3,14 @@
 A wrong ring index, a completion dropped when the completion ring is full, a buffer not given back, a socket
 closed under an armed receive: each of these serves the first requests right and fails later, or leaks, or
 hangs one client. So the binding is tested on its own (rings of 8 entries, wrapped many times; a completion
-ring overfilled; a buffer ring run dry; a close with a receive armed; the address a send reads from), then the
-loop: 100,000 connections leave no descriptor or memory behind; every receive buffer goes back to the ring,
-even one filled for a connection closed meanwhile; a client that does not read pauses the receive, at exactly
-the high-water mark, and the receive resumes; an exception while sending costs one connection; and where
-io_uring cannot run, the server says why in one line. Every ring is made as the server makes its own
-(LOOP_FLAGS), by the thread that then uses it; all traffic is on 127.0.0.1.
+ring overfilled; a buffer ring run dry; a close with a receive armed; the address a send reads from; a wait
+that lasts its timeout), then the loop: 100,000 connections leave no descriptor or memory behind; a close with
+a send in flight ends the connection; clients accepted past the connection limit are served when the loop
+drains; every receive buffer goes back to the ring, even one filled for a connection closed meanwhile; a
+client that does not read pauses the receive, at exactly the high-water mark, and the receive resumes; a short
+send's rest goes first; a closed connection's send keeps its bytes until its completion; an exception while
+sending costs one connection; and where io_uring cannot run, the server says why in one line. Every ring is
+made as the server makes its own (LOOP_FLAGS), by the thread that then uses it; all traffic is on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -192,6 +195,21 @@ def test_bytes_address_is_the_address_of_the_bytes_and_the_kernel_sends_them(pha
         assert received == data
 
 
+@pytest.mark.parametrize("timeout", [1.0, 0.25])
+def test_a_wait_on_an_idle_ring_lasts_its_timeout(phase: Phase, timeout: float) -> None:
+    """submit_and_wait(timeout) with nothing to complete returns after `timeout` seconds: the kernel reads a
+    timespec of whole seconds and nanoseconds, and nanoseconds that counted the whole seconds again would make
+    a one-second wait last two (the loop's sweeps and heartbeats would come late). The bound above allows a
+    busy machine's scheduling delay; below, the wait must not end early."""
+    uring = phase.import_module("uring")
+    with enabled_ring(uring, 8, 16) as ring:
+        started = time.monotonic()
+        ring.submit_and_wait(timeout)
+        waited = time.monotonic() - started
+        assert list(ring.completions()) == []
+    assert timeout * 0.9 <= waited < timeout + 0.6, f"a wait of {timeout} s took {waited:.2f} s"
+
+
 # --- the loop: nothing leaks --------------------------------------------------------------------------
 
 ANSWERED, UNREAD, CLOSED, RESET = range(4)  # how a short connection of churn() ends, in turn
@@ -259,6 +277,88 @@ def test_a_hundred_thousand_connections_leave_no_descriptor_and_no_memory_behind
     assert fds_settle_at(server, fds, within=10) == fds
     growth = server.rss_bytes() - rss
     assert growth < 1024 * 1024, f"{growth / 1024:.0f} KiB more after 100,000 connections in {elapsed:.1f} s"
+
+
+def server_end_state(client: socket.socket) -> str | None:
+    """The TCP state of the server's end of `client`'s connection, as /proc/net/tcp writes it ("01"
+    established, "04" FIN_WAIT1, ...), or None once the kernel has forgotten it."""
+    client_port, server_port = client.getsockname()[1], client.getpeername()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            return state
+    return None
+
+
+TCP_ESTABLISHED = "01"
+
+
+def test_a_connection_closed_with_a_send_in_flight_really_ends(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """The idle timeout closes a connection whose client has stopped reading a large answer: a send of it is
+    in flight, and a receive is armed. Each holds a reference to the socket, so the close must cancel both
+    before it closes the descriptor: one left in flight keeps the connection open for ever, though the
+    descriptor is gone (the client sees no end, and the kernel keeps the socket and its buffers)."""
+    body = os.urandom(16 * 1024 * 1024)  # far more than the socket buffers hold: its send stays in flight
+    server = start_server("--workers", "1", "--idle-timeout", "1", "--max-body-bytes", str(len(body)))
+    baseline = server.open_fds()
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: a small window
+        client.settimeout(20)
+        client.connect(server.address)
+        client.sendall(post_echo(body))
+        assert client.recv(12) == b"HTTP/1.1 200"  # the answer has begun; nothing more of it is read
+        deadline = time.monotonic() + 15
+        while server_end_state(client) == TCP_ESTABLISHED:  # a closed socket is in FIN_WAIT1 at once
+            assert time.monotonic() < deadline, "15 s on, the server's end of the connection is still open"
+            time.sleep(0.05)
+        _, ending = read_until_closed(client, within=20)
+    assert ending in ("eof", "reset")
+    assert fds_settle_at(server, baseline) == baseline
+
+
+def test_clients_accepted_past_max_connections_are_served_when_the_loop_drains(phase: Phase) -> None:
+    """A multishot accept takes every client queued when it runs, even past --max-connections: those are
+    kept in `waiting`, accepted but not read from. When the loop drains (SIGTERM, or a rolling restart), they
+    are its clients like any other: each one's request is answered (with `Connection: close`), and nothing of
+    theirs stays open once the server is shut down. Left waiting, they would hang until they gave up, and in
+    a process that lives on (this one, as thread workers' does) each would leak a descriptor."""
+    server_module = phase.import_module("server")
+    before = open_fds()
+    server = server_module.Server(server_module.create_listener("127.0.0.1", 0), max_connections=1)
+    address = server.listener.getsockname()[:2]
+    clients = [socket.create_connection(address, timeout=10) for _ in range(4)]  # all queued in the kernel
+    for client in clients:
+        client.sendall(get("/"))
+
+    def serve() -> None:
+        server.serve_forever()
+        server.shutdown()
+
+    loop = threading.Thread(target=serve, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(server.waiting) < 3:  # the first accept takes all four: one admitted, three over the limit
+            assert time.monotonic() < deadline, f"{server.connections} admitted, {server.waiting} waiting"
+            time.sleep(0.01)
+        server.wakeup_writer.send(bytes([signal.SIGTERM]))  # as the signal handler writes it
+        deadline = time.monotonic() + 15
+        answers = []
+        for client in clients:
+            answers.append(read_until_closed(client, within=max(0.1, deadline - time.monotonic())))
+            client.close()  # its lingering close ends now
+        loop.join(timeout=10)
+        assert not loop.is_alive(), "the loop did not end once its connections were closed"
+    finally:
+        for client in clients:
+            client.close()
+    for number, (answer, ending) in enumerate(answers):
+        assert (answer.startswith(b"HTTP/1.1 200 "), answer.endswith(HELLO), ending) == (True, True, "eof"), (
+            f"client {number}: {answer[:60]!r}, then {ending}"
+        )
+    assert open_fds() == before
 
 
 def buffers_in_the_ring(server: Any, within: float = 5.0) -> int:
@@ -381,6 +481,48 @@ def test_at_exactly_the_high_water_mark_the_loop_neither_parses_nor_receives(pha
             with contextlib.suppress(BlockingIOError):
                 answers += theirs.recv(65536)
         assert answers.count(HELLO) == 2  # the request fed by hand, then the one that waited
+
+
+def test_a_short_send_sends_its_rest_before_what_queued_behind_it(phase: Phase) -> None:
+    """A send's completion may say the kernel took fewer bytes than asked (a signal, or an error the next send
+    meets, cut it short): the rest must go out first, then what queued behind that send, in order. Dropped,
+    the client would read an answer with a hole in it, and every answer after it misframed."""
+    with driven_by_hand(phase) as (server, connection, theirs):
+        first, second = b"the first answer, of which the kernel took 9 bytes; ", b"then the second answer"
+        connection.sending = first  # as if in flight: its completion comes below, by hand
+        connection.pending_output += second
+        server.on_sent(connection, 9)
+        expected = first[9:] + second
+        theirs.setblocking(False)
+        received, deadline = b"", time.monotonic() + 5
+        while len(received) < len(expected) and time.monotonic() < deadline:
+            server.poll_once()  # the send of what is left
+            with contextlib.suppress(BlockingIOError):
+                received += theirs.recv(65536)
+        assert received == expected
+
+
+def test_a_send_in_flight_keeps_its_bytes_after_a_close_until_its_completion(phase: Phase) -> None:
+    """The kernel reads a send's bytes from our memory until the send is over. A close cancels the send, but
+    the cancellation completes later: until its completion comes, the bytes must stay alive (in
+    `orphaned_sends`), or the kernel could send whatever the memory holds by then, someone else's answer.
+    Once it has come, they go (kept for ever, they would leak)."""
+    with driven_by_hand(phase) as (server, connection, theirs):
+        data = os.urandom(4 * 1024 * 1024)  # far more than the socket pair holds: the send waits for room
+        server.start_sending(connection, data)
+        server.ring.submit()
+        server.close(connection)
+        assert server.orphaned_sends.get(connection.number) is data, "a send in flight lost its bytes"
+        deadline = time.monotonic() + 5
+        while (server.closes_in_flight or server.orphaned_sends) and time.monotonic() < deadline:
+            server.poll_once()  # the send's completion (cancelled), and the close's
+        assert not server.orphaned_sends, "the bytes were kept after the send's completion"
+        theirs.setblocking(False)
+        received = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := theirs.recv(1 << 20):
+                received += chunk
+        assert received and data.startswith(received)  # what the kernel sent was ours, in order
 
 
 def test_a_buffer_filled_for_a_connection_closed_meanwhile_goes_back_too(phase: Phase) -> None:
