@@ -18,7 +18,7 @@ ROOT_CONFTEST := conftest.py
 export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser bench-router \
-	bench-sendfile bench-abuse bench-workers bench-ablation bench-costs flame \
+	bench-sendfile bench-abuse bench-workers bench-ablation bench-costs bench-layers bench-interpreters flame \
 	mutation system-tools browser-tools bench-tools clean
 
 run:  ## serve the newest phase on $(HOST):$(PORT)
@@ -75,7 +75,7 @@ browser-tools:
 bench-tools: system-tools
 	@missing=""; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
-	for package in librust-hyper-dev librust-tokio-dev; do \
+	for package in librust-hyper-dev librust-tokio-dev python3-venv; do \
 	  dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -111,8 +111,15 @@ serve-docs: $(DOCS_STAMP)
 
 # The full runs publish: they write the results files the docs are drawn from, and redraw the docs. Any other
 # run of a harness (`$(PY) -m bench --targets ...`) is exploratory: bench/results/exploratory-*.json only.
+# The interpreter of every Python server in `make bench`: `fastest` is the build bench/results/interpreters.json
+# names (make bench-interpreters); a path chooses another.
+BENCH_PYTHON ?= fastest
+
 bench: $(STAMP) bench-tools
-	$(PY) -m bench --publish
+	$(PY) -m bench --publish --python $(BENCH_PYTHON)
+
+bench-interpreters: $(STAMP) bench-tools  ## phase 6 on every Python interpreter here (venv, pyenv, /usr/bin): the fastest build
+	$(PY) -m bench.interpreters --publish
 
 bench-echo: $(STAMP)
 	$(PY) -m bench.echo --publish
@@ -143,6 +150,14 @@ bench-ablation: $(STAMP) bench-tools  ## phase 6: each optimisation turned off i
 
 bench-costs: $(STAMP) bench-tools  ## nginx, phases 5 to 7, the floor: user and system CPU, system calls per request
 	$(PY) -m bench.costs --publish
+
+# Phase 6's round two is measured against phase 6 as it was before the round: this commit's, extracted by git
+# archive into a temporary directory, beside the phase as it is.
+BEFORE_ROUND := e302332
+bench-layers: $(STAMP) bench-tools  ## phase 6: where each microsecond of a request goes, before and after round two (~12 min)
+	before=$$(mktemp -d) && trap 'rm -rf "$$before"' EXIT && \
+	git archive $(BEFORE_ROUND) phase6_perf | tar -x -C "$$before" && \
+	$(PY) -m bench.layers --publish --before-dir "$$before/phase6_perf" --before-label "before ($(BEFORE_ROUND))"
 
 flame: $(STAMP) system-tools  ## a flamegraph of $(PHASE) under load, published in docs/assets/flame/
 	$(PY) -m bench.flame --phase $(PHASE) --publish

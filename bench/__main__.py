@@ -4,6 +4,7 @@
     .venv/bin/python -m bench --targets peers --quick      # a quick look at the peers
     .venv/bin/python -m bench --targets phase3_http_parse,nginx --scenarios keepalive-64 --runs 5
     .venv/bin/python -m bench --workers 2 --server-cpus 2-3     # on 4 cores: every target with 2 workers
+    .venv/bin/python -m bench --python /usr/bin/python3.11 --targets phase6_perf,uvicorn --quick
 
 For each scenario, the targets take turns run by run (run 1 of each target, then run 2 of each, ...), so that
 a machine whose speed drifts over minutes slows every target alike. Each run: a fresh server pinned to the
@@ -17,6 +18,18 @@ the results file. Only with --publish (`make bench`) is that bench/results/lates
 under docs/assets/bench/ and the tables under docs/generated/bench/ redrawn from it: any other run is
 exploratory, written to bench/results/exploratory-NAME.json alone, so trying something never overwrites the
 published numbers.
+
+Every Python server of a run, ours and the peers alike, runs on one interpreter: this one (the venv's) unless
+--python names another. Our phases need the standard library only and run on it directly; the Python peers
+need their packages, so they run on a venv of it that the harness makes under .bench-venvs/ (once) and fills
+with the bench extra's pins from pyproject.toml. The results file records the interpreter, with its build
+(PGO and LTO as far as the interpreter can tell), and the pages say it under "Measured". Which interpreter the
+published run uses is one option: `make bench` passes `--python fastest`, the build that
+bench/results/interpreters.json names the fastest (`make bench-interpreters`, bench/interpreters.py, measures
+phase 6 on every interpreter found here, in one run, and names it). So the choice is measured, not typed into
+the Makefile as a path that holds on one machine only, and the pages say which build served and why. On a
+machine without that interpreter (or before it was measured), the servers run on this one, and the run says
+so; `make bench BENCH_PYTHON=PATH` chooses another.
 """
 
 from __future__ import annotations
@@ -32,22 +45,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from shutil import which
+from typing import Any
 
 from bench import charts, cpu, idle, report, targets, wrk
 from bench.progress import Progress
 from bench.results import (
     EXPLORATORY_PREFIX,
+    RESULTS_DIR,
     IdleMemory,
     Measurement,
     Results,
     Run,
+    SchemaError,
     Settings,
     TargetInfo,
     add_publishing_options,
     harness_command,
+    in_repository,
     load,
     machine_facts,
     now,
+    read_document,
     result_file_name,
     shown,
     write,
@@ -58,6 +76,8 @@ PUBLISHED_NAME = "latest"  # bench/results/latest.json: the results the docs sho
 IDLE = "idle"  # the memory test, selectable with --scenarios like the wrk scenarios
 SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in wrk.SCENARIOS}
 FD_HEADROOM = 1000  # descriptors beyond the idle connections: listening sockets, logs, /proc reads
+FASTEST = "fastest"  # --python fastest: the interpreter that bench/interpreters.py found the fastest
+INTERPRETERS_RESULTS = RESULTS_DIR / "interpreters.json"  # ...in its published results
 
 # --8<-- [start:defaults]
 DEFAULTS = {"runs": 3, "duration": 5, "warmup": 2, "idle_connections": 10_000, "workers": 1}
@@ -99,6 +119,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(
             f"--{option.replace('_', '-')}", type=int, help=f"{what} (default {DEFAULTS[option]:,})"
         )
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        help="the interpreter of every Python server: our phases run on it, the Python peers on a venv of it"
+        f" made under .bench-venvs/ (once); `{FASTEST}`: the fastest build in {shown(INTERPRETERS_RESULTS)}"
+        f" (make bench-interpreters) (default: this one, {in_repository(sys.executable)})",
+    )
     parser.add_argument("--server-cpus", default="1", help="CPUs for the server and its children (default 1)")
     parser.add_argument("--client-cpus", default="0", help="CPUs for wrk and this harness (default 0)")
     parser.add_argument(
@@ -263,6 +290,9 @@ class Plan:
     scenarios: list[wrk.Scenario]
     with_idle: bool
     skipped: dict[str, str]
+    # The record of the interpreter the Python targets run on (targets.interpreter_record), if --python named
+    # one; None: this one, which host_facts records.
+    interpreter: dict[str, Any] | None = None
 
     @property
     def measured_pairs(self) -> int:
@@ -314,7 +344,8 @@ def plan(options: argparse.Namespace) -> Plan:
         raise UsageError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(known_scenarios)}")
     try:
         chosen = targets.select(options.targets.split(","), targets.discover_phases())
-    except ValueError as error:
+        chosen, interpreter = on_python(options.python, chosen)
+    except (ValueError, targets.InterpreterError) as error:
         raise UsageError(str(error)) from error
     skipped: dict[str, str] = {}
     for target in chosen:
@@ -343,7 +374,54 @@ def plan(options: argparse.Namespace) -> Plan:
         scenarios=[SCENARIOS_BY_NAME[name] for name in scenario_names if name != IDLE],
         with_idle=IDLE in scenario_names,
         skipped=skipped,
+        interpreter=interpreter,
     )
+
+
+def on_python(
+    asked: str | None, chosen: list[targets.Target]
+) -> tuple[list[targets.Target], dict[str, Any] | None]:
+    """`chosen`, moved to the interpreter --python asks for, and its record: why it was chosen, if it was,
+    and the venv of it that the Python peers run on, if they needed one. Without --python, `chosen` as they
+    are (on this interpreter) and no record: host_facts makes it."""
+    if asked is None:
+        return chosen, None
+    python, chosen_as = interpreter_asked(asked)
+    interpreter = {**targets.interpreter_record(python), "chosen_as": chosen_as, "peer_venv": None}
+    if python != sys.executable:  # the peers' packages: in a venv of it, made (once) if need be
+        chosen, interpreter["peer_venv"] = targets.on_interpreter(chosen, python)
+    return chosen, interpreter
+
+
+def interpreter_asked(asked: str) -> tuple[str, str | None]:
+    """The interpreter --python names (a path, or a name on PATH; `fastest`: the one the published
+    interpreters results name), and why it was chosen, if it was chosen by measurement. UsageError if there is
+    none such here."""
+    chosen_as = None
+    if asked == FASTEST:
+        try:
+            contents = read_document(INTERPRETERS_RESULTS, "interpreters")
+            fastest = contents["fastest"]["executable"]  # relative to the repository if inside it (the venv)
+        except (OSError, SchemaError, KeyError, TypeError) as error:
+            print(
+                f"--python {FASTEST}: {shown(INTERPRETERS_RESULTS)} names no fastest build ({error}):"
+                " the servers run on this interpreter (`make bench-interpreters` measures which is fastest)"
+            )
+            return sys.executable, None
+        if which(str(REPO_ROOT / fastest)) is None:  # measured on another machine: not here
+            print(
+                f"--python {FASTEST}: {fastest}, the fastest build in {shown(INTERPRETERS_RESULTS)}, is not"
+                " on this machine: the servers run on this interpreter (BENCH_PYTHON=PATH chooses another)"
+            )
+            return sys.executable, None
+        asked = str(REPO_ROOT / fastest)
+        chosen_as = f"the fastest build in {shown(INTERPRETERS_RESULTS)} ({contents['created'][:10]})"
+    found = which(asked)
+    if found is None:
+        raise UsageError(
+            f"--python {asked}: no such interpreter here (`python -m bench.interpreters --list` lists them)"
+        )
+    return os.path.abspath(found), chosen_as
 
 
 def run(plan: Plan, name: str, command: list[str]) -> Results:
@@ -351,6 +429,8 @@ def run(plan: Plan, name: str, command: list[str]) -> Results:
     created = now()
     started = time.monotonic()
     machine = machine_facts(targets.nginx_path(), targets.HYPER_DIR / "Cargo.lock")
+    if plan.interpreter is not None:
+        machine["interpreter"] = plan.interpreter
     idle_results: list[IdleMemory] = []
     repeats = cpu.RepeatBudget.for_runs(plan.measured_pairs * settings.runs)
     with (

@@ -21,7 +21,9 @@ from bench.results import (
     Measurement,
     Results,
     Spread,
+    interpreter_note,
     measured_on,
+    python_version_clause,
     rerun_command,
 )
 from bench.wrk import Scenario
@@ -306,7 +308,7 @@ def conditions(results: Results) -> str:
     warmup = f"a {settings.warmup_s} s warm-up" if settings.warmup_s else "no warm-up"
     text = (
         f"Measured {results.created[:10]} on {machine['cpu_model']} ({machine['cores']} cores), "
-        f"Linux {machine['kernel']}, Python {machine['python']}, {machine['wrk'] or 'wrk'}. "
+        f"Linux {machine['kernel']}{python_version_clause(machine)}, {machine['wrk'] or 'wrk'}. "
         f"Server pinned to CPU {settings.server_cpus}, wrk (one thread) to CPU {settings.client_cpus}. "
         f"Each figure is the median of {settings.runs} run(s) of {settings.duration_s} s after {warmup}, "
         + (
@@ -331,7 +333,7 @@ def conditions(results: Results) -> str:
             f" {repeated} run(s) disturbed by other processes (more than {percent(NOISY_OTHER_SHARE)} of a"
             " core) were discarded and repeated."
         )
-    return text
+    return text + interpreter_note(machine)
 
 
 def other_load(results: Results) -> float | None:
@@ -513,10 +515,11 @@ def method_note(report: dict[str, Any], source: str) -> str:
     return (
         f"_Median of {plural(method['runs'], 'run')}. Round trips of {method['message_bytes']} bytes per "
         f"client: {trips_note(method)}; deadline {method['deadline']:g} s per run. {pinning}; "
-        f"{machine['cores']} x {machine['cpu_model']}, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, "
+        f"{machine['cores']} x {machine['cpu_model']}, Linux {machine['kernel']}"
+        f"{python_version_clause(machine)}, "
         f"{echo_date(report)}, load average {machine['load_average_at_start'][0]:.2f} before the run. "
-        f"{disturbed}Raw figures: `{source}`; rerun: `{rerun_command(report, ECHO_PUBLISHED_WITH)}`._"
+        f"{disturbed}Raw figures: `{source}`; rerun: `{rerun_command(report, ECHO_PUBLISHED_WITH)}`."
+        f"{interpreter_note(machine)}_"
     )
 
 
@@ -631,8 +634,9 @@ def syscall_table(report: dict[str, Any]) -> str:
         "`perf stat` on the kernel's syscall tracepoints, attached to the server pid; `recvfrom EAGAIN` "
         "counts the reads that found nothing, `all` every system call. Round trips of "
         f"{method['message_bytes']} bytes per client: {trips_note(method)}. "
-        f"{machine['cores']} x {machine['cpu_model']}, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, {echo_date(report)}; rerun: `{rerun}`._"
+        f"{machine['cores']} x {machine['cpu_model']}, Linux {machine['kernel']}"
+        f"{python_version_clause(machine)}, {echo_date(report)}; rerun: `{rerun}`."
+        f"{interpreter_note(machine)}_"
     )
     return echo_table(header, rows) + "\n\n" + note + "\n"
 

@@ -14,7 +14,8 @@ loading ignores it and recomputes. The tradeoff: the schema is plain dataclasses
 schema library, so it stays readable; `SCHEMA_VERSION` changes whenever a field changes or a required one is
 added. A new field with a default that says what older files meant (a scenario's `path` is "/", its `mix`
 empty) keeps the version: older files still load; so does a field that widens, read back as it was written
-(a scenario's `needs`, once one name or null, now a list of names).
+(a scenario's `needs`, once one name or null, now a list of names). The interpreter the servers ran on, and
+its build, is part of `machine` (`interpreter`), and a generated page says it (`interpreter_line()`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.targets import interpreter_record
 from bench.wrk import Scenario, WrkResult
 from tools.phases import REPO_ROOT
 
@@ -363,8 +365,43 @@ def measured_on(contents: dict[str, Any], published_with: str) -> str:
     machine, rerun = contents["machine"], rerun_command(contents, published_with)
     return (
         f"Measured {contents['created'][:10]} on {machine['cpu_model']} ({machine['cores']} cores), Linux"
-        f" {machine['kernel']}, Python {machine['python']}; rerun: `{rerun}`."
+        f" {machine['kernel']}{python_version_clause(machine)}; rerun: `{rerun}`.{interpreter_note(machine)}"
     )
+
+
+def interpreter_line(machine: dict[str, Any]) -> str:
+    """The sentence under a generated table that says which interpreter ran the servers (or the code timed),
+    and how it was built, from the record `host_facts` (or the HTTP bench, for --python) made of it; empty
+    for a file from before that record, or for a run on several (bench/interpreters.py tabulates them)."""
+    record = machine.get("interpreter")
+    if not record:
+        return ""
+    chosen = f", {record['chosen_as']}" if record.get("chosen_as") else ""
+    venv = record.get("peer_venv")
+    peers = f"; the Python peers ran on its venv `{in_repository(venv)}`" if venv else ""
+    executable = in_repository(record["executable"])
+    return (
+        f"Interpreter: {record['implementation']} {record['version']}, `{executable}`{chosen};"
+        f" PGO {record['pgo']}, LTO {record['lto']} ({record['build_source']}){peers}."
+    )
+
+
+def interpreter_note(machine: dict[str, Any]) -> str:
+    """`interpreter_line()` on a line of its own, to end a paragraph with; nothing for an older file."""
+    interpreter = interpreter_line(machine)
+    return f"\n{interpreter}" if interpreter else ""
+
+
+def python_version_clause(machine: dict[str, Any]) -> str:
+    """`, Python 3.11.7` in the sentence that says what a run was measured on, for a file from before the
+    interpreter's record; none for a newer one: its `interpreter_line()` says it (or a table, for several)."""
+    return "" if "interpreter" in machine else f", Python {machine['python']}"
+
+
+def in_repository(path: str) -> str:
+    """A path as a reader types it from the repository's root, if it is inside; symlinks are not followed,
+    since a venv's python is a link to the interpreter it was made from."""
+    return os.path.relpath(path, REPO_ROOT) if Path(path).is_relative_to(REPO_ROOT) else path
 
 
 def rerun_command(contents: dict[str, Any], published_with: str) -> str:
@@ -513,7 +550,8 @@ def package_versions(names: tuple[str, ...] = PEER_PACKAGES) -> dict[str, str | 
 
 
 def host_facts() -> dict[str, Any]:
-    """The machine every benchmark reports: CPU model, CPU count, kernel, Python, the CPUs the harness has."""
+    """The machine every benchmark reports: CPU model, CPU count, kernel, Python, the CPUs the harness has,
+    and the interpreter's own record of itself and its build (bench/targets.py, `interpreter_record`)."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -525,6 +563,8 @@ def host_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        # What the servers ran on, unless the harness says otherwise (the HTTP bench's --python).
+        "interpreter": interpreter_record(sys.executable),
     }
 
 

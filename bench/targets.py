@@ -18,14 +18,23 @@ check for every target, so no target is ever measured serving something else. A 
 skipped with the reason. The tradeoff: nginx refuses `listen ...:0`, so for nginx alone the harness picks a
 free port and nginx binds it a moment later; if another process takes it in between, nginx fails to start and
 the run says so.
+
+The Python targets (our phases and the Python peers) run on the harness's own interpreter unless a target is
+moved to another with `run_on`; `on_interpreter` moves them all: the phases (standard library only) and the
+peers that import nothing else run on it directly, the peers that import packages run on a venv of it under
+.bench-venvs/, which `peer_venv` makes once and fills with the bench extra's pins from pyproject.toml.
+`interpreter_record` asks an interpreter what it is and how it was built, for the results files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import importlib.util
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -33,10 +42,11 @@ import string
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 
@@ -111,6 +121,8 @@ class Target:
     missing: Callable[[], str | None] = lambda: None
     serves: frozenset[str] = frozenset()  # which of SERVABLE it serves, besides `GET /`
     one_process: str | None = None  # why it cannot run more than one worker, or None if it can
+    # The packages a Python peer imports (pip's names, pinned in pyproject.toml's bench extra).
+    python_modules: tuple[str, ...] = ()
 
     def not_served(self, needs: Collection[str]) -> str | None:
         """Why this target is not measured in a scenario that needs `needs`, or None if it is."""
@@ -206,14 +218,40 @@ def _io_uring_missing(name: str) -> Callable[[], str | None]:
 # --------------------------------------------------------------------------------------------- the peers
 
 
-def _python_modules_missing(*modules: str) -> Callable[[], str | None]:
+def _python_modules_missing(*modules: str, python: str = sys.executable) -> Callable[[], str | None]:
+    """Which of `modules` `python` cannot import: this interpreter looks itself, any other is asked."""
+
     def missing() -> str | None:
-        absent = [module for module in modules if importlib.util.find_spec(module) is None]
+        if python == sys.executable:
+            absent = [module for module in modules if importlib.util.find_spec(module) is None]
+            where = " (pip install '.[bench]')"
+        else:
+            look = "import importlib.util as u, sys; print(*[m for m in sys.argv[1:] if not u.find_spec(m)])"
+            asked = subprocess.run(
+                [python, "-c", look, *modules], capture_output=True, text=True, check=False
+            )
+            if asked.returncode != 0:
+                return f"{python} cannot look for its packages: {_first_words(asked.stderr)}"
+            absent, where = asked.stdout.split(), f" in {python}'s environment"
         if not absent:
             return None
-        return f"Python package(s) {', '.join(absent)} not installed (pip install '.[bench]')"
+        return f"Python package(s) {', '.join(absent)} not installed{where}"
 
     return missing
+
+
+def _python_peer(
+    name: str,
+    description: str,
+    command: CommandFactory,
+    modules: tuple[str, ...],
+    *,
+    serves: frozenset[str] = frozenset(),
+    one_process: str | None = None,
+) -> Target:
+    """A peer run by Python that imports `modules`: missing where they are not installed."""
+    missing = _python_modules_missing(*modules)
+    return Target(name, "peer", description, command, missing, serves, one_process, python_modules=modules)
 
 
 def _python_module(arguments: str, more_workers: str = "") -> CommandFactory:
@@ -342,9 +380,8 @@ PEERS = (
         _hyper_missing,
         serves=SERVABLE,
     ),
-    Target(
+    _python_peer(
         "granian",
-        "peer",
         "granian, RSGI app routing with a dict, --workers workers, 1 runtime thread each; static files by"
         " granian itself (Rust server, Python app)",
         _python_module(
@@ -353,46 +390,42 @@ PEERS = (
             " --no-access-log --log-level warning"
             " --static-path-route /static --static-path-mount {static_dir} bench.peers.rsgi_app:app"
         ),
-        _python_modules_missing("granian", "uvloop"),
+        ("granian", "uvloop"),
         serves=SERVABLE,
     ),
-    Target(
+    _python_peer(
         "uvicorn",
-        "peer",
         "uvicorn with uvloop and httptools, --workers processes, a raw ASGI app serving GET / only: the"
         " least an ASGI server adds (Python; C and Cython loop and parser)",
         _python_module(f"{UVICORN} bench.peers.asgi_app:app", more_workers=" --workers {workers}"),
-        _python_modules_missing("uvicorn", "uvloop", "httptools"),
+        ("uvicorn", "uvloop", "httptools"),
     ),
-    Target(
+    _python_peer(
         "starlette",
-        "peer",
         "uvicorn like the above, --workers processes, running a Starlette app: its router and its"
         " StaticFiles, the core of FastAPI (Python)",
         _starlette_command,
-        _python_modules_missing("uvicorn", "uvloop", "httptools", "starlette"),
+        ("uvicorn", "uvloop", "httptools", "starlette"),
         serves=SERVABLE,
     ),
-    Target(
+    _python_peer(
         "aiohttp",
-        "peer",
         "aiohttp web server on the standard asyncio loop, its router, static files by sendfile (Python, C"
         " parser)",
         _python_module("bench.peers.aiohttp_app --host {host} --port {port} --static-dir {static_dir}"),
-        _python_modules_missing("aiohttp"),
+        ("aiohttp",),
         serves=SERVABLE,
         one_process="aiohttp's web.run_app serves from one process",
     ),
-    Target(
+    _python_peer(
         "gunicorn",
-        "peer",
         "gunicorn, --workers gthread workers with 4 threads each, WSGI app (Python)",
         _python_module(
             "gunicorn --bind {host}:{port} --worker-class gthread --workers {workers} --threads 4"
             " --worker-connections 16384 --keep-alive 75 --backlog 2048 --log-level warning"
             " bench.peers.wsgi_app:app"
         ),
-        _python_modules_missing("gunicorn"),
+        ("gunicorn",),
     ),
     Target(
         "stdlib",
@@ -574,3 +607,182 @@ def _wait_until_ready(running: RunningTarget) -> None:
     raise TargetFailed(
         f"{running.target.name} did not answer GET / within {STARTUP_TIMEOUT:.0f} s:\n{running.log_tail()}"
     )
+
+
+# -------------------------------------------------------------------------------------------- the interpreter
+
+PEER_VENVS = REPO_ROOT / ".bench-venvs"  # git-ignored: a venv per interpreter, for the Python peers' packages
+PYPROJECT = REPO_ROOT / "pyproject.toml"
+# Run by the interpreter described (`python -I -c`), so it speaks for itself: its sysconfig variables, and the
+# libpython files it has loaded, from /proc/self/maps (none when it is linked statically).
+INTERPRETER_PROBE = """\
+import json, os, platform, sys, sysconfig
+names = "CONFIG_ARGS PY_CFLAGS_NODIST PY_LDFLAGS_NODIST OPT Py_ENABLE_SHARED INSTSONAME".split()
+with open("/proc/self/maps") as maps:
+    loaded = sorted({line.split()[-1] for line in maps if "/libpython" in line})
+print(json.dumps({
+    "executable": sys.executable,
+    "real_executable": os.path.realpath(sys.executable),
+    "version": platform.python_version(),
+    "implementation": platform.python_implementation(),
+    "compiler": platform.python_compiler(),
+    "sysconfig": {name: sysconfig.get_config_var(name) for name in names},
+    "libpython_loaded": loaded,
+}))
+"""
+
+
+class InterpreterError(Exception):
+    """An interpreter that cannot serve here (not found, not answering, no venv of it): why, in one line."""
+
+
+def _first_words(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else "no output"
+
+
+def interpreter_record(python: str) -> dict[str, Any]:
+    """What `python` says it is (executable and the file it links to, version, implementation, compiler, the
+    sysconfig variables of its build, the libpython it loaded), and its build as `build_of` reads them."""
+    try:
+        described = subprocess.run(
+            [python, "-I", "-c", INTERPRETER_PROBE], capture_output=True, text=True, timeout=30, check=False
+        )
+    except OSError as error:
+        raise InterpreterError(f"{python}: {error.strerror}") from error
+    if described.returncode != 0:
+        raise InterpreterError(f"{python} could not describe itself: {_first_words(described.stderr)}")
+    record: dict[str, Any] = json.loads(described.stdout)
+    return {**record, **build_of(record["sysconfig"], record["libpython_loaded"])}
+
+
+def build_of(config: dict[str, Any], libpython_loaded: list[str]) -> dict[str, str]:
+    """Whether the interpreter was built with PGO (configure's --enable-optimizations) and with LTO
+    (--with-lto): "yes" or "no" as its CONFIG_ARGS says, or the flags --with-lto adds (-flto, in the *_NODIST
+    variables; the PGO build passes -fprofile-use on make's command line, which sysconfig does not keep); with
+    `build_source`, where that was read. "unknown" when the record is not this executable's: it says libpython
+    is a shared library, and the process has not loaded one. So it is with Debian's /usr/bin/python3.X: it is
+    linked statically, and its sysconfig describes the shared libpython built beside it. Debian builds it
+    with PGO and LTO, but nothing in the interpreter says so: the record says only what it says."""
+    soname = str(config.get("INSTSONAME") or "libpython")
+    if config.get("Py_ENABLE_SHARED") and not any(Path(path).name == soname for path in libpython_loaded):
+        return {
+            "pgo": "unknown",
+            "lto": "unknown",
+            "build_source": f"its sysconfig describes a build with a shared {soname}, which this executable"
+            " does not load: its own build is not on record",
+        }
+    config_args = str(config.get("CONFIG_ARGS") or "")
+    options = shlex.split(config_args)
+    flags = " ".join(
+        [config_args, *(str(config.get(name) or "") for name in ("PY_CFLAGS_NODIST", "PY_LDFLAGS_NODIST"))]
+    )
+    pgo = _configured(options, "--enable-optimizations") or "-fprofile-use" in flags
+    lto = _configured(options, "--with-lto") or "-flto" in flags
+    return {
+        "pgo": "yes" if pgo else "no",
+        "lto": "yes" if lto else "no",
+        "build_source": "read from its sysconfig: CONFIG_ARGS and the compiler flags",
+    }
+
+
+def _configured(options: list[str], option: str) -> bool:
+    """`option` given to configure, bare or with a value other than `no` (--with-lto=thin is LTO too)."""
+    return any(
+        given == option or (given.startswith(f"{option}=") and given != f"{option}=no") for given in options
+    )
+
+
+def run_on(target: Target, python: str, name: str | None = None) -> Target:
+    """`target` run by `python` instead of the harness's interpreter, and named `name` if given. The command
+    of every Python target names sys.executable once (phase_command, _python_module): that word is swapped
+    for `python`. nginx's and hyper's commands have none: they stay as they are."""
+
+    def command(port: int, scratch: Path, static_dir: Path, workers: int) -> list[str]:
+        words = target.command(port, scratch, static_dir, workers)
+        return [python if word == sys.executable else word for word in words]
+
+    missing = target.missing
+    if target.python_modules:
+        missing = _python_modules_missing(*target.python_modules, python=python)
+    return dataclasses.replace(target, name=name or target.name, command=command, missing=missing)
+
+
+def on_interpreter(
+    chosen: list[Target], python: str, venvs: Path = PEER_VENVS
+) -> tuple[list[Target], str | None]:
+    """`chosen`, run by `python`: the targets that import no package directly (our phases need the standard
+    library only), the Python peers that do from a venv of `python` holding their packages (`peer_venv`).
+    Returns them, and the venv's python if one was needed; InterpreterError if it cannot be made."""
+    modules = [module for target in chosen for module in target.python_modules]
+    venv_python = peer_venv(python, peer_requirements(modules), venvs) if modules else None
+    moved = [
+        run_on(target, venv_python if venv_python and target.python_modules else python) for target in chosen
+    ]
+    return moved, venv_python
+
+
+def _normalized(name: str) -> str:
+    """A package's name as pip compares names (PEP 503): `Py_Spy` is `py-spy`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def peer_requirements(modules: Collection[str], pyproject: Path = PYPROJECT) -> list[str]:
+    """The pins of pyproject.toml's bench extra (`name==version`) for the packages `modules`, in its order;
+    ValueError for one it does not pin."""
+    extra: list[str] = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["bench"]
+    by_name = {_normalized(re.split(r"[\s<>=!~;\[]", pin, maxsplit=1)[0]): pin for pin in extra}
+    wanted = {_normalized(module) for module in modules}
+    if unpinned := sorted(wanted - set(by_name)):
+        raise ValueError(f"the bench extra of {pyproject} pins no {', '.join(unpinned)}")
+    return [pin for name, pin in by_name.items() if name in wanted]
+
+
+def venv_name(record: dict[str, Any]) -> str:
+    """`cpython-3.11.2-usr-bin-python3.11`: implementation, version and real path of the interpreter."""
+    real_path = record["real_executable"].strip("/").replace("/", "-")
+    return f"{record['implementation'].lower()}-{record['version']}-{real_path}"
+
+
+def peer_venv(python: str, requirements: list[str], root: Path = PEER_VENVS) -> str:
+    """The python of a venv that `python -m venv` made under `root`, holding `requirements` (pip's pins): made
+    once and reused; pip installs again when the requirements change (pyproject.toml's bench extra did).
+    InterpreterError, in one line, if the venv cannot be made (Debian's python3.X without python3.X-venv has
+    no ensurepip, so no pip) or pip fails."""
+    record = interpreter_record(python)
+    directory = root / venv_name(record)
+    venv_python = directory / "bin" / "python"
+    installed = directory / "bench-requirements.txt"  # what pip last installed here
+    wanted = "".join(f"{requirement}\n" for requirement in requirements)
+    if venv_python.exists() and installed.is_file() and installed.read_text() == wanted:
+        return str(venv_python)
+    # With pip only when there is something to install: ensurepip takes half a minute on a busy machine.
+    if not venv_python.exists() or (requirements and not (directory / "bin" / "pip").exists()):
+        print(f"making a venv of {python} for the Python peers (once): {directory}", file=sys.stderr)
+        without_pip = [] if requirements else ["--without-pip"]
+        made = subprocess.run(
+            [python, "-m", "venv", "--clear", *without_pip, str(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if made.returncode != 0:
+            output = made.stdout + made.stderr
+            version = ".".join(record["version"].split(".")[:2])
+            why = f"it has no ensurepip (Debian: apt-get install python{version}-venv)"
+            raise InterpreterError(
+                f"{python} cannot make a venv for the Python peers: "
+                + (why if "ensurepip" in output else _first_words(output))
+            )
+    if requirements:
+        print(f"installing {' '.join(requirements)} into {directory}", file=sys.stderr)
+        pip = [str(venv_python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        done = subprocess.run([*pip, *requirements], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
+            raise InterpreterError(
+                f"pip could not install the Python peers' packages into {directory}: "
+                + _first_words("\n".join(errors) or done.stderr)
+            )
+    installed.write_text(wanted)
+    return str(venv_python)

@@ -1,5 +1,6 @@
 """The bench harness: reading wrk's output, counting a process tree's CPU and memory, the results schema, the
-reports, and one end-to-end run of the real harness against a phase and a peer.
+reports, the interpreter the servers run on (its record, the peers' venv of it, --python), and one end-to-end
+run of the real harness against a phase and a peer.
 
 These tests check that the harness measures correctly, never how fast anything is.
 """
@@ -11,6 +12,7 @@ import dataclasses
 import importlib
 import json
 import os
+import platform
 import re
 import shlex
 import socket
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import h11
+import psutil
 import pytest
 
 from bench import __main__ as bench_main
@@ -34,6 +37,7 @@ from bench import (
     cpu,
     echo,
     flame,
+    interpreters,
     parser_micro,
     report,
     results,
@@ -668,7 +672,7 @@ def test_every_harness_writes_the_same_envelope(tmp_path: Path) -> None:
         "machine",
         "settings",
     ]
-    assert {"cpu_model", "cores", "kernel", "python", "pinned"} <= set(contents["machine"])
+    assert {"cpu_model", "cores", "kernel", "python", "interpreter", "pinned"} <= set(contents["machine"])
     path = tmp_path / "echo.json"
     results.write_document(contents, path)
     assert results.read_document(path, "echo") == contents
@@ -1142,3 +1146,218 @@ def test_an_exploratory_run_cannot_write_the_published_files() -> None:
     assert name == "exploratory-latest"
     with pytest.raises(SystemExit):
         bench_main.parse_arguments(["--quick", "--publish"])
+
+
+# --------------------------------------------------------------------------------------------- interpreters
+
+
+def test_an_interpreter_record_says_what_it_is_and_how_it_was_built() -> None:
+    record = targets.interpreter_record(sys.executable)
+    assert record["executable"] == sys.executable and record["version"] == platform.python_version()
+    assert record["implementation"] == "CPython" and record["compiler"]
+    assert {"CONFIG_ARGS", "PY_CFLAGS_NODIST", "PY_LDFLAGS_NODIST", "Py_ENABLE_SHARED"} <= set(
+        record["sysconfig"]
+    )
+    assert record["pgo"] in {"yes", "no", "unknown"} and record["lto"] in {"yes", "no", "unknown"}
+    assert record["build_source"]
+    assert results.host_facts()["interpreter"] == record  # in every results file
+    with pytest.raises(targets.InterpreterError, match="/nowhere/python"):
+        targets.interpreter_record("/nowhere/python")
+
+
+SHARED = {"Py_ENABLE_SHARED": 1, "INSTSONAME": "libpython3.11.so.1.0"}
+LOADED = ["/opt/python/lib/libpython3.11.so.1.0"]
+
+
+def test_pgo_and_lto_are_read_from_config_args_and_never_claimed_for_another_build() -> None:
+    def build(config_args: str, loaded: list[str] = LOADED, **variables: object) -> tuple[str, str]:
+        read = targets.build_of({**SHARED, "CONFIG_ARGS": config_args, **variables}, loaded)
+        return read["pgo"], read["lto"]
+
+    assert build("'--prefix=/opt/python' '--enable-shared'") == ("no", "no")  # pyenv's, here
+    assert build("'--enable-shared' '--enable-optimizations' '--with-lto'") == ("yes", "yes")  # Docker's
+    assert build("'--enable-optimizations' '--with-lto=thin'") == ("yes", "yes")
+    assert build("'--enable-optimizations=no' '--with-lto=no'") == ("no", "no")
+    assert build("'--with-lto'", [], Py_ENABLE_SHARED=0) == ("no", "yes")  # linked statically: no libpython
+    assert build("", PY_LDFLAGS_NODIST="-flto -fuse-linker-plugin") == ("no", "yes")  # what --with-lto adds
+    # Debian's /usr/bin/python3.X: its sysconfig is the shared libpython's, which it does not load.
+    debian = targets.build_of({**SHARED, "CONFIG_ARGS": "'--enable-shared' '--with-lto'"}, [])
+    assert (debian["pgo"], debian["lto"]) == ("unknown", "unknown")
+    assert "libpython3.11.so.1.0, which this executable does not load" in debian["build_source"]
+
+
+def test_the_python_peers_packages_are_the_bench_extras_pins() -> None:
+    modules = {module for peer in targets.PEERS for module in peer.python_modules}
+    assert {"granian", "uvicorn", "uvloop", "httptools", "starlette", "aiohttp", "gunicorn"} == modules
+    pins = targets.peer_requirements(modules)
+    assert len(pins) == len(modules) and all(re.fullmatch(r"[a-z]+==[\d.]+", pin) for pin in pins)
+    assert targets.peer_requirements(["uvloop"]) == [pin for pin in pins if pin.startswith("uvloop==")]
+    with pytest.raises(ValueError, match="pins no numpy"):
+        targets.peer_requirements(["numpy"])
+    assert not any(peer.python_modules for peer in targets.PEERS if peer.name in {"nginx", "hyper", "stdlib"})
+
+
+def another_interpreter() -> str:
+    """An interpreter other than this one (Debian's /usr/bin/python3.11 here), or skip."""
+    others = interpreters.found_here([])[1:]
+    if not others:
+        pytest.skip("no Python interpreter here besides this one (pyenv's, or /usr/bin/python3.X from 3.11)")
+    return others[-1]
+
+
+def test_python_runs_the_phases_and_the_peers_from_a_venv_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A venv made once and reused (without pip when nothing is to be installed: ensurepip alone takes
+    half a minute on a busy machine); a Python peer started from it; the phases on the interpreter itself."""
+    require_tool("taskset")
+    other = another_interpreter()
+    venv_python = targets.peer_venv(other, [], tmp_path)
+    record = targets.interpreter_record(other)
+    assert venv_python == str(tmp_path / targets.venv_name(record) / "bin" / "python")
+    assert record["version"] in targets.venv_name(record)
+    made = (tmp_path / targets.venv_name(record) / "pyvenv.cfg").stat().st_mtime_ns
+    assert targets.peer_venv(other, [], tmp_path) == venv_python  # reused, not made again
+    assert (tmp_path / targets.venv_name(record) / "pyvenv.cfg").stat().st_mtime_ns == made
+
+    stdlib = targets.run_on(next(peer for peer in targets.PEERS if peer.name == "stdlib"), venv_python)
+    cpu = str(min(os.sched_getaffinity(0)))
+    server = targets.start(stdlib, cpu, tmp_path / "scratch", tmp_path)
+    try:
+        assert psutil.Process(server.pid).cmdline()[:3] == [venv_python, "-m", "bench.peers.stdlib_app"]
+        assert os.path.realpath(f"/proc/{server.pid}/exe") == os.path.realpath(other)
+        assert targets.check_hello(server.port) is None
+    finally:
+        server.stop()
+
+    # --python: the phases and the peers that import nothing else on it; the others on its venv.
+    asked: list[list[str]] = []
+
+    def venv(python: str, requirements: list[str], root: Path = tmp_path) -> str:
+        asked.append(requirements)
+        return venv_python
+
+    monkeypatch.setattr(targets, "peer_venv", venv)
+    chosen = targets.select(["phase6_perf", "nginx", "stdlib", "uvicorn"], targets.discover_phases())
+    moved, made_venv = targets.on_interpreter(chosen, other)
+    assert made_venv == venv_python and asked == [
+        targets.peer_requirements(["uvicorn", "uvloop", "httptools"])
+    ]
+    static = tmp_path / "static"
+    first_words = {target.name: target.command(0, tmp_path, static, 1)[0] for target in moved}
+    assert (
+        first_words["phase6_perf"] == first_words["stdlib"] == other and first_words["uvicorn"] == venv_python
+    )
+    assert first_words["nginx"] == chosen[1].command(0, tmp_path, static, 1)[0]  # not Python: as it was
+    uvicorn = moved[3].missing()  # looked for in the venv, which holds nothing here
+    assert uvicorn is not None and "uvicorn" in uvicorn and venv_python in uvicorn
+
+
+def test_the_bench_runs_on_the_python_asked_for_and_records_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_tool("wrk")
+    require_tool("taskset")
+    other = another_interpreter()
+    cpu = str(min(os.sched_getaffinity(0)))
+    options = ["--targets", "phase6_perf,stdlib", "--server-cpus", cpu, "--client-cpus", cpu]
+    plan = bench_main.plan(bench_main.parse_arguments([*options, "--python", other]))
+    assert plan.interpreter is not None and plan.interpreter["executable"] == other
+    assert plan.interpreter["peer_venv"] is None  # neither imports a package: no venv needed
+    assert all(target.command(0, tmp_path, tmp_path, 1)[0] == other for target in plan.targets)
+    assert bench_main.plan(bench_main.parse_arguments(options)).interpreter is None  # this one, as before
+
+    # --python fastest: the interpreter that the published comparison names.
+    published = tmp_path / "interpreters.json"
+    monkeypatch.setattr(bench_main, "INTERPRETERS_RESULTS", published)
+    # None measured yet, or the fastest measured elsewhere: this interpreter, and the run says why.
+    assert bench_main.interpreter_asked("fastest") == (sys.executable, None)
+    elsewhere = {"executable": "/nowhere/python"}
+    results.write_document(results.document("interpreters", "x", [], {}, {}, fastest=elsewhere), published)
+    assert bench_main.interpreter_asked("fastest") == (sys.executable, None)
+    results.write_document(
+        results.document("interpreters", "x", [], {}, {}, fastest={"executable": other}), published
+    )
+    python, chosen_as = bench_main.interpreter_asked("fastest")
+    assert python == other and chosen_as is not None and "the fastest build in" in chosen_as
+    with pytest.raises(bench_main.UsageError, match="no such interpreter"):
+        bench_main.interpreter_asked("/nowhere/python")
+
+
+VENV_RECORD = {
+    "name": "venv 3.11.7",
+    "executable": str(REPO_ROOT / ".venv" / "bin" / "python"),
+    "real_executable": "/root/.pyenv/versions/3.11.7/bin/python3.11",
+    "version": "3.11.7",
+    "implementation": "CPython",
+    "pgo": "no",
+    "lto": "no",
+    "build_source": "read from its sysconfig: CONFIG_ARGS and the compiler flags",
+}
+DEBIAN_RECORD = {
+    **VENV_RECORD,
+    "name": "/usr/bin 3.11.2",
+    "executable": "/usr/bin/python3.11",
+    "real_executable": "/usr/bin/python3.11",
+    "version": "3.11.2",
+    "pgo": "unknown",
+    "lto": "unknown",
+    "build_source": "its sysconfig describes a build with a shared libpython3.11.so.1.0, which this"
+    " executable does not load: its own build is not on record",
+}
+
+
+def test_the_interpreters_page_compares_each_build_with_the_venvs_run_by_run() -> None:
+    scenarios = [scenario for scenario in wrk.SCENARIOS if scenario.name in {"keepalive-64", "route-64"}]
+    runs = {"venv 3.11.7": [_run(50_000), _run(40_000)], "/usr/bin 3.11.2": [_run(60_000), _run(50_000)]}
+    measured = dataclasses.replace(
+        _results(),
+        machine={**_results().machine, "interpreter": None},
+        settings=dataclasses.replace(_results().settings, runs=2, interleaved=True),
+        targets=[results.TargetInfo(name, "phase", "phase6_perf on it") for name in runs],
+        scenarios=scenarios,
+        skipped={},
+        measurements=[
+            results.Measurement(name, scenario.name, ["python"], ["wrk"], figures, None)
+            for scenario in scenarios
+            for name, figures in runs.items()
+        ],
+        idle=[],
+    )
+    records = [VENV_RECORD, DEBIAN_RECORD]
+    best = interpreters.fastest(measured, records)
+    assert best is not None and best["executable"] == "/usr/bin/python3.11"
+    assert best["against_reference"] == pytest.approx(1.225)  # run by run: 1.2 and 1.25, the median
+    contents = results.document(
+        "interpreters", "test", [], {}, {}, interpreters=records, fastest=best, http=measured.to_json()
+    )
+    page = interpreters.markdown(contents, "interpreters.json")
+    rows = [line for line in page.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| interpreter | version | PGO | LTO | keepalive-64 | route-64 |"
+    ratio, same = "1.23\N{MULTIPLICATION SIGN}", "1.00\N{MULTIPLICATION SIGN}"
+    debian_ratios = f"{ratio} (1.20\N{MULTIPLICATION SIGN}{report.EN_DASH}1.25\N{MULTIPLICATION SIGN})"
+    venv_ratios = f"{same} ({same}{report.EN_DASH}{same})"
+    assert (
+        rows[1]
+        == f"| `/usr/bin/python3.11` | 3.11.2 | unknown | unknown | {debian_ratios} | {debian_ratios} |"
+    )
+    assert rows[2] == f"| `.venv/bin/python` | 3.11.7 | no | no | {venv_ratios} | {venv_ratios} |"
+    figures = f"22k (20k{report.EN_DASH}24k)"  # requests per server CPU-second
+    assert f"| `/usr/bin/python3.11` | {figures} | {figures} |" in page
+    fastest = "Fastest: `/usr/bin/python3.11`, CPython 3.11.2 (PGO unknown, LTO unknown)"
+    assert f"{fastest}, {ratio} the reference" in page
+    assert (
+        "- `/usr/bin/python3.11`: its sysconfig describes a build with a shared libpython3.11.so.1.0" in page
+    )
+    assert (
+        "`.venv/bin/python` (CPython 3.11.7, a link to `/root/.pyenv/versions/3.11.7/bin/python3.11`" in page
+    )
+    assert "Linux 6.1, wrk 4.1.0." in page and "Interpreter:" not in page  # the table says which served
+
+    # A bench page says which interpreter served, under "Measured", instead of the harness's Python.
+    served = dataclasses.replace(_results(), machine={**_results().machine, "interpreter": DEBIAN_RECORD})
+    bench_page = report.markdown(served, ["phase3_http_parse", "nginx"], "test.json")
+    assert "Linux 6.1, wrk 4.1.0." in bench_page
+    interpreter = "\nInterpreter: CPython 3.11.2, `/usr/bin/python3.11`; PGO unknown, LTO unknown (its"
+    assert f"{interpreter} sysconfig describes a build" in bench_page
+    assert "Linux 6.1, Python 3.11.7, wrk 4.1.0." in report.markdown(_results(), ["nginx"], "test.json")
