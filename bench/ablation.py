@@ -6,13 +6,14 @@
 Every variant is a target of the HTTP bench (bench/__main__.py), measured in one run with the targets taking
 turns run by run: phase 5 (before the chapter), phase 6 with every switch off (the chapter's changes that
 have no switch), phase 6 without each optimisation in turn, phase 6 as it ships, and phase 6 with
-`--gc-freeze`, an option left off. One worker, pinned as the bench pins it, in the keep-alive and pipelined
-scenarios, then the memory held by 10,000 idle connections. Pinning each worker to a CPU (`--pin`, the other
-option left off) matters only with several workers, so it has its own run: 2 workers over every CPU, wrk
-beside them, with and without it.
+`--gc-freeze`, an option left off. One worker, pinned as the bench pins it, in the keep-alive, pipelined,
+churn (`Connection: close`) and 64 KiB file scenarios, then the memory held by 10,000 idle connections.
+Pinning each worker to a CPU (`--pin`, the other option left off) matters only with several workers, so it
+has its own run: 2 workers over every CPU, wrk beside them, with and without it.
 Five runs per variant by default, not the bench's three: the changes measured are smaller than the whole
-bench's differences. The tradeoff: still one session of minutes on a noisy machine; each change is given
-with its range run by run, and a change whose range spans 0% is one this run cannot tell from noise.
+bench's differences (some 25 minutes in all). The tradeoff: still one session on a noisy machine; each
+change is given with its range run by run, and a change whose range spans 0% is one this run cannot tell
+from noise.
 """
 
 from __future__ import annotations
@@ -44,10 +45,18 @@ TABLE = REPO_ROOT / "docs" / "generated" / "ablation.md"
 CHART = REPO_ROOT / "docs" / "assets" / "ablation.svg"
 PHASE, BEFORE = "phase6_perf", "phase5_concurrency"
 # phase6_perf/__main__.py's OPTIMISATIONS, each turned off in turn.
-ONE_WORKER_SWITCHES = ("shared_buffer", "cached_responses")
+ONE_WORKER_SWITCHES = (
+    "shared_buffer",
+    "cached_responses",
+    "inherited_nodelay",
+    "quick_close",
+    "file_head_more",
+)
 PINNED = f"{PHASE} --pin"
-EVERY_SWITCH_OFF = f"{PHASE} without both"
+EVERY_SWITCH_OFF = f"{PHASE} without every switch"
 FROZEN = f"{PHASE} --gc-freeze"
+# Where the switches act: every request (keep-alive, pipelined), a connection per request (close), a file.
+ONE_WORKER_SCENARIOS = ("keepalive-64", "pipeline-16", "close", "static-64k", "idle")
 ALL_CPUS = ",".join(str(number) for number in sorted(os.sched_getaffinity(0)))
 
 
@@ -230,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 *common,
                 "--scenarios",
-                "keepalive-64,pipeline-16,idle",
+                ",".join(ONE_WORKER_SCENARIOS),
                 "--idle-connections",
                 str(options.idle_connections),
             ],

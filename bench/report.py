@@ -252,7 +252,8 @@ def times(value: float) -> str:
 def peer_ratios(results: Results, phase: str) -> list[str]:
     """A row per peer, a column per scenario the phase was measured in: the phase's requests per server
     CPU-second over the peer's, run i over run i, median (lowest to highest); a dash where the peer was not
-    measured, and no row for a peer measured in none of them."""
+    measured, and no row for a peer measured in none of them. A last row, "itself, SCENARIO": the phase over
+    itself in the first scenario."""
     scenarios = [
         scenario
         for scenario in results.scenarios
@@ -271,6 +272,13 @@ def peer_ratios(results: Results, phase: str) -> list[str]:
             ratios.append(ours.ratio(theirs, "requests_per_server_cpu_s") if ours and theirs else None)
         if any(ratios):
             rows.append([info.name, *(with_range(ratio, times) for ratio in ratios)])
+    # The phase against itself in the first scenario (keep-alive `GET /`, which phase 6 answers from its
+    # cache): what each other scenario's work costs beside it.
+    own = results.measurement(phase, scenarios[0].name) if rows else None
+    if own is not None:
+        mine = [results.measurement(phase, scenario.name) for scenario in scenarios]
+        ratios = [m.ratio(own, "requests_per_server_cpu_s") if m else None for m in mine]
+        rows.append([f"itself, {scenarios[0].name}", *(with_range(ratio, times) for ratio in ratios)])
     header = ["against", *(scenario.name for scenario in scenarios)]
     return _table(rows, header) if rows else []
 

@@ -24,6 +24,9 @@ from .workers import DEFAULT_HEARTBEAT_TIMEOUT, MODELS, ServeFunction, run_worke
 OPTIMISATIONS = {
     "shared_buffer": "every connection receives into its own buffer, held while it is idle",
     "cached_responses": "a fixed route's response is rendered for every request",
+    "inherited_nodelay": "every accepted socket sets TCP_NODELAY itself, one system call per client",
+    "quick_close": "every last answer ends in a lingering close, even when the client asked for it",
+    "file_head_more": "a file answer's head leaves in a packet of its own, ahead of the file",
 }
 # --8<-- [end:switches]
 
@@ -176,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         edge_triggered=args.trigger == "edge",
         static_dir=args.static_dir,
         shared_buffer="shared_buffer" not in args.without,
+        inherited_nodelay="inherited_nodelay" not in args.without,
+        quick_close="quick_close" not in args.without,
+        file_head_more="file_head_more" not in args.without,
         cache_responses="cached_responses" not in args.without,
         freeze_gc=args.gc_freeze,
     )

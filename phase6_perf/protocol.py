@@ -178,6 +178,7 @@ class RequestParser:
         "_shared",
         "_start",
         "_state",
+        "dropped_bytes",
         "limits",
         "scanned_bytes",
     )
@@ -202,6 +203,9 @@ class RequestParser:
         self._extension_bytes = 0  # CHUNK_*: the chunk extensions of this body so far (they count as body)
         self._continue_due = False
         self.scanned_bytes = 0  # bytes given to a search so far: the tests' proof that nothing is rescanned
+        # Bytes that arrived after the last request (one that said "close", or close()) and were dropped: a
+        # server that closes at once must know whether the client was still sending (server.py, quick close).
+        self.dropped_bytes = 0
 
     # --8<-- [start:receive]
     def receive_buffer(self) -> memoryview:
@@ -216,10 +220,13 @@ class RequestParser:
             raise ValueError(f"received {nbytes} bytes into {len(self._buffer) - self._end} bytes of room")
         if self._state != CLOSED:  # after a final request, later bytes are dropped unparsed
             self._end += nbytes
+        else:
+            self.dropped_bytes += nbytes
 
     def feed(self, data: bytes) -> None:
         """Append `data` to the buffer (one copy; receive_buffer() avoids it)."""
         if self._state == CLOSED:
+            self.dropped_bytes += len(data)
             return
         size = len(data)
         self._make_room(size)
@@ -258,6 +265,7 @@ class RequestParser:
     def close(self) -> None:
         """Stop parsing: the connection is closing, and every later byte is dropped unparsed."""
         self._state = CLOSED
+        self.dropped_bytes += self._end - self._start
         self._end = self._start
 
     def take_continue(self) -> bool:
@@ -302,6 +310,7 @@ class RequestParser:
             self._scan = self._start
         else:
             self._state = CLOSED  # RFC 9112 §9.6: nothing after a "close" request is read
+            self.dropped_bytes += self._end - self._start
             self._end = self._start
         if self._start == self._end:
             # Everything consumed: start over at offset 0, which costs nothing, and give back the buffer of

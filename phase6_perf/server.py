@@ -113,6 +113,9 @@ def create_listener(host: str, port: int, *, reuse_port: bool = False) -> socket
         # Several sockets may then listen on one port, each with its own queue: the kernel hashes every new
         # connection to one of them (workers.py opens one per worker).
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Each response leaves in one send(); Nagle would hold back the next one behind a delayed ACK. Set on the
+    # listener, TCP_NODELAY is inherited by every socket it accepts: no system call per client.
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener.bind((host, port))
     # The kernel completes handshakes on its own and queues up to LISTEN_BACKLOG clients for accept().
     listener.listen(LISTEN_BACKLOG)
@@ -150,6 +153,7 @@ class Connection:
         "deadline",
         "fd",
         "interest",
+        "may_close_at_once",
         "parser",
         "peer_closed",
         "pending_file",
@@ -183,6 +187,8 @@ class Connection:
         # without (--without shared_buffer), owns one for good, as before.
         self.parser = RequestParser(limits, shared_buffer)
         self.closing = False  # the answer that ends this connection is queued: read nothing more into it
+        # The quick close's first condition (close_after_answer): the last request asked to be the last.
+        self.may_close_at_once = False
 
 
 # --8<-- [end:connection]
@@ -208,6 +214,9 @@ class Server:
         edge_triggered: bool = False,
         exclusive_accept: bool = False,
         shared_buffer: bool = True,
+        inherited_nodelay: bool = True,
+        quick_close: bool = True,
+        file_head_more: bool = True,
     ) -> None:
         self.listener = listener
         self.listener_fd = listener.fileno()
@@ -224,6 +233,9 @@ class Server:
         # One receive buffer for every connection of this loop, which serves one connection at a time: an
         # idle connection then holds no buffer (its parser keeps bytes only while a request is incomplete).
         self.shared_buffer = bytearray(SHARED_CAPACITY) if shared_buffer else None
+        self.inherited_nodelay = inherited_nodelay  # see accept_clients
+        self.quick_close = quick_close  # see answer_batch
+        self.file_head_flags = socket.MSG_MORE if file_head_more else 0  # see answer_batch
         # Check deadlines ten times per timeout: a connection closes at most 10% late, for one O(n) scan.
         self.sweep_interval = min(idle_timeout / 10, header_timeout / 10, body_timeout / 10, 1.0)
         self.next_sweep = 0.0
@@ -332,8 +344,8 @@ class Server:
                     return
                 continue  # ECONNABORTED and the like: that client gave up, try the next
             sock.setblocking(False)  # an accepted socket does not inherit O_NONBLOCK from the listener
-            # Each response leaves in one send(); Nagle would hold back the next one behind a delayed ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self.inherited_nodelay:  # --without inherited_nodelay: a system call per client, as before
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             deadline, head_deadline = now + self.idle_timeout, now + self.header_timeout
             connection = Connection(sock, deadline, head_deadline, self.limits, self.shared_buffer)
             self.connections[connection.fd] = connection
@@ -446,6 +458,7 @@ class Server:
                     if parser.take_continue():  # the client waits for our go-ahead before sending the body
                         responses.append(CONTINUE_RESPONSE)
                     break
+                connection.may_close_at_once = not request.keep_alive  # before a drain says so too
                 if self.draining and request.keep_alive:
                     request.keep_alive = False  # stopping: this answer is the connection's last, and says so
                     parser.close()
@@ -472,12 +485,15 @@ class Server:
         if responses:
             connection.clock = NO_CLOCK  # a head is complete: the next one starts its own clock
             connection.strict_deadline = None
-            self.send(connection, b"".join(responses))
+            # MSG_MORE before a file: the kernel holds the head back, to leave in one packet with the file's
+            # first bytes, rather than in a small packet of its own that both ends would process.
+            flags = self.file_head_flags if file_body is not None else 0
+            self.send(connection, b"".join(responses), flags)
         if file_body is not None and self.begin_file(connection, file_body) and not connection.closing:
             return True
         all_sent = not connection.pending_output and connection.pending_file is None
         if connection.closing and all_sent and connection.fd in self.connections:
-            self.linger(connection)
+            self.close_after_answer(connection)
         return False
 
     def begin_file(self, connection: Connection, body: FileRange) -> bool:
@@ -497,12 +513,12 @@ class Server:
     # --8<-- [end:requests]
 
     # --8<-- [start:write]
-    def send(self, connection: Connection, data: bytes) -> None:
+    def send(self, connection: Connection, data: bytes, flags: int = 0) -> None:
         """Send now what the kernel takes, queue the rest behind what is already waiting."""
         if not connection.pending_output and connection.pending_file is None:
             # Fast path: nothing queued, so hand the bytes straight to the kernel; it usually takes them all.
             try:
-                sent = connection.sock.send(data)
+                sent = connection.sock.send(data, flags)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -598,6 +614,17 @@ class Server:
     # --8<-- [end:backpressure]
 
     # --8<-- [start:close]
+    def close_after_answer(self, connection: Connection) -> None:
+        """The last answer went to the kernel whole, in the turn its request arrived: the quick close if the
+        client asked for it to be the last and sent nothing after it, else the lingering close."""
+        if connection.may_close_at_once and self.quick_close and connection.parser.dropped_bytes == 0:
+            # RFC 9112 §9.6: a client that sends "close" MUST NOT send further requests. So no byte of its
+            # will meet a closed socket and draw a reset: close now, as nginx does, and save the shutdown,
+            # the wait for the client's FIN, and the receive that reads it.
+            self.close(connection)
+        else:
+            self.linger(connection)
+
     def linger(self, connection: Connection) -> None:
         """Half-close after the last answer, then drain what the client still sends until it closes too."""
         if connection.peer_closed:
@@ -729,6 +756,9 @@ def serve(
     edge_triggered: bool = False,
     static_dir: Path | None = None,
     shared_buffer: bool = True,
+    inherited_nodelay: bool = True,
+    quick_close: bool = True,
+    file_head_more: bool = True,
     cache_responses: bool = True,
     freeze_gc: bool = False,
 ) -> int:
@@ -748,6 +778,9 @@ def serve(
             edge_triggered=edge_triggered,
             exclusive_accept=exclusive_accept,
             shared_buffer=shared_buffer,
+            inherited_nodelay=inherited_nodelay,
+            quick_close=quick_close,
+            file_head_more=file_head_more,
         )
         if freeze_gc:
             # Everything made so far (modules, the router, the application) lives as long as the worker: move

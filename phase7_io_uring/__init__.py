@@ -25,6 +25,8 @@ CAPABILITIES = frozenset(
         "supervisor",
         "rolling_restart",
         "optimisation_switches",
+        "quick_close",  # a client that asked to close is closed at once, no lingering close (round two)
+        "file_head_more",  # a file answer's head is sent with MSG_MORE, to leave with the file (round two)
         "io_uring",
     }
 )

@@ -26,6 +26,8 @@ from .workers import DEFAULT_HEARTBEAT_TIMEOUT, MODELS, ServeFunction, run_worke
 OPTIMISATIONS = {
     "shared_buffer": "every connection's bytes are fed into its own buffer, held while it is idle",
     "cached_responses": "a fixed route's response is rendered for every request",
+    "quick_close": "every last answer ends in a lingering close, even when the client asked for it",
+    "file_head_more": "a file answer's head leaves in a packet of its own, ahead of the file",
 }
 # --8<-- [end:switches]
 
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         receive_buffers=args.receive_buffers,
         static_dir=args.static_dir,
         shared_buffer="shared_buffer" not in args.without,
+        quick_close="quick_close" not in args.without,
+        file_head_more="file_head_more" not in args.without,
         cache_responses="cached_responses" not in args.without,
         freeze_gc=args.gc_freeze,
     )

@@ -197,6 +197,7 @@ class Connection:
         "closing",
         "deadline",
         "fd",
+        "may_close_at_once",
         "number",
         "parser",
         "peer_closed",
@@ -237,6 +238,8 @@ class Connection:
         # without (--without shared_buffer), owns one for good, as before.
         self.parser = RequestParser(limits, shared_buffer)
         self.closing = False  # the answer that ends this connection is queued: read nothing more into it
+        # The quick close's first condition (close_after_answer): the last request asked to be the last.
+        self.may_close_at_once = False
 
 
 # --8<-- [end:connection]
@@ -262,6 +265,8 @@ class Server:
         receive_buffers: int = DEFAULT_RECEIVE_BUFFERS,
         shared_listener: bool = False,
         shared_buffer: bool = True,
+        quick_close: bool = True,
+        file_head_more: bool = True,
     ) -> None:
         self.listener = listener
         self.listener_fd = listener.fileno()
@@ -293,6 +298,8 @@ class Server:
         # One parsing buffer for every connection of this loop, which feeds it one connection at a time: an
         # idle connection then holds no buffer (its parser keeps bytes only while a request is incomplete).
         self.shared_buffer = bytearray(SHARED_CAPACITY) if shared_buffer else None
+        self.quick_close = quick_close  # see answer_batch
+        self.file_head_flags = socket.MSG_MORE if file_head_more else 0  # see answer_batch
         # Check deadlines ten times per timeout: a connection closes at most 10% late, for one O(n) scan.
         self.sweep_interval = min(idle_timeout / 10, header_timeout / 10, body_timeout / 10, 1.0)
         self.next_sweep = 0.0
@@ -604,6 +611,7 @@ class Server:
                     if parser.take_continue():  # the client waits for our go-ahead before sending the body
                         responses.append(CONTINUE_RESPONSE)
                     break
+                connection.may_close_at_once = not request.keep_alive  # before a drain says so too
                 if self.draining and request.keep_alive:
                     request.keep_alive = False  # stopping: this answer is the connection's last, and says so
                     parser.close()
@@ -630,12 +638,15 @@ class Server:
         if responses:
             connection.clock = NO_CLOCK  # a head is complete: the next one starts its own clock
             connection.strict_deadline = None
-            self.send(connection, b"".join(responses))
+            # MSG_MORE before a file: the kernel holds the head back, to leave in one packet with the file's
+            # first bytes, rather than in a small packet of its own that both ends would process.
+            flags = self.file_head_flags if file_body is not None else 0
+            self.send(connection, b"".join(responses), flags)
         if file_body is not None and self.begin_file(connection, file_body) and not connection.closing:
             return True
         all_sent = connection.sending is None and connection.pending_file is None
         if connection.closing and all_sent and connection.number in self.connections:
-            self.linger(connection)
+            self.close_after_answer(connection)
         return False
 
     def begin_file(self, connection: Connection, body: FileRange) -> bool:
@@ -648,20 +659,20 @@ class Server:
     # --8<-- [end:requests]
 
     # --8<-- [start:write]
-    def send(self, connection: Connection, data: bytes) -> None:
+    def send(self, connection: Connection, data: bytes, flags: int = 0) -> None:
         """Send `data` now if no send is in flight, else queue it behind the one that is."""
         if connection.sending is None:
-            self.start_sending(connection, data)
+            self.start_sending(connection, data, flags)
         else:
             connection.pending_output += data
             self.update_interest(connection)
 
-    def start_sending(self, connection: Connection, data: bytes) -> None:
+    def start_sending(self, connection: Connection, data: bytes, flags: int = 0) -> None:
         # One send in flight per connection: two could reach the socket out of order, if the first had to
         # wait for room. `sending` holds the bytes alive while the kernel reads them, until the completion.
         connection.sending = data
         tag = connection.number << OPERATION_BITS | SEND
-        self.ring.send(connection.fd, bytes_address(data), len(data), tag)
+        self.ring.send(connection.fd, bytes_address(data), len(data), tag, flags)
 
     def on_sent(self, connection: Connection, result: int) -> None:
         """The send in flight is over: `result` bytes went to the socket, or it failed (-errno)."""
@@ -694,7 +705,7 @@ class Server:
         if connection.pending_file is not None and not self.send_file(connection):
             return  # the socket is full again, or the client is gone
         if connection.closing:
-            self.linger(connection)
+            self.close_after_answer(connection)
             return
         # Drained: answer the pipelined requests that backpressure left waiting in the parser.
         self.process_requests(connection)
@@ -752,6 +763,7 @@ class Server:
         pending = len(connection.pending_output)
         if connection.reading and not self.has_room_for_output(connection):
             connection.reading = False  # this client does not read our answers: stop reading what it sends
+            connection.may_close_at_once = False  # its bytes may wait unread in the kernel from now on
             self.time_request(connection, 0)
             if connection.receiving:  # it ends with -ECANCELED; what it received before that is parsed later
                 self.ring.cancel(connection.number << OPERATION_BITS | RECEIVE, CANCEL_TAG)
@@ -764,6 +776,18 @@ class Server:
     # --8<-- [end:backpressure]
 
     # --8<-- [start:close]
+    def close_after_answer(self, connection: Connection) -> None:
+        """The last answer is all in the socket: the quick close if the client asked for it to be the last,
+        sent nothing after it, and was read from all along (a pause leaves its bytes in the kernel), else the
+        lingering close."""
+        if connection.may_close_at_once and self.quick_close and connection.parser.dropped_bytes == 0:
+            # RFC 9112 §9.6: a client that sends "close" MUST NOT send further requests. So no byte of its
+            # will meet a closed socket and draw a reset: close now, as nginx does, and save the shutdown,
+            # the wait for the client's FIN, and the receive that reads it.
+            self.close(connection)
+        else:
+            self.linger(connection)
+
     def linger(self, connection: Connection) -> None:
         """Half-close after the last answer, then drain what the client still sends until it closes too."""
         if connection.peer_closed:
@@ -922,6 +946,8 @@ def serve(
     receive_buffers: int = DEFAULT_RECEIVE_BUFFERS,
     static_dir: Path | None = None,
     shared_buffer: bool = True,
+    quick_close: bool = True,
+    file_head_more: bool = True,
     cache_responses: bool = True,
     freeze_gc: bool = False,
 ) -> int:
@@ -941,6 +967,8 @@ def serve(
             receive_buffers=receive_buffers,
             shared_listener=shared_listener,
             shared_buffer=shared_buffer,
+            quick_close=quick_close,
+            file_head_more=file_head_more,
         )
         if freeze_gc:
             # Everything made so far (modules, the router, the application) lives as long as the worker: move

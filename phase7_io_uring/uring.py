@@ -199,11 +199,11 @@ class Ring:
         """Receive once, into memory of ours (which must stay put until the CQE)."""
         self._push(OP_RECV, 0, 0, fd, 0, address, length, 0, user_data)
 
-    def send(self, fd: int, address: int, length: int, user_data: int) -> None:
-        """Send `length` bytes from `address` (which must stay put until the CQE). MSG_WAITALL: the kernel
-        retries a partial send itself, so a CQE for less than `length` means an error or a signal stopped it
-        after part was sent."""
-        self._push(OP_SEND, 0, 0, fd, 0, address, length, MSG_WAITALL_NOSIGNAL, user_data)
+    def send(self, fd: int, address: int, length: int, user_data: int, flags: int = 0) -> None:
+        """Send `length` bytes from `address` (which must stay put until the CQE), with send(2)'s `flags`
+        added to ours. MSG_WAITALL: the kernel retries a partial send itself, so a CQE for less than `length`
+        means an error or a signal stopped it after part was sent."""
+        self._push(OP_SEND, 0, 0, fd, 0, address, length, MSG_WAITALL_NOSIGNAL | flags, user_data)
 
     def poll(self, fd: int, events: int, user_data: int) -> None:
         """One readiness notification (select.POLLOUT, say): for what has no completion-based operation."""

@@ -484,6 +484,11 @@ def test_interleaved_runs_give_each_ratio_run_by_run_with_its_spread() -> None:
     against = lines[lines.index("#### phase3_http_parse against each peer") :]
     nginx_row = next(line for line in against if line.startswith("| nginx |"))
     assert nginx_row.startswith(f"| nginx | 0.10{times} (0.10{times}{report.EN_DASH}0.20{times}) |")
+    # And against itself in the first scenario: a ratio of 1.00 there by definition.
+    itself = next(line for line in against if line.startswith("| itself, keepalive-64 |"))
+    assert itself.startswith(
+        f"| itself, keepalive-64 | 1.00{times} (1.00{times}{report.EN_DASH}1.00{times}) |"
+    )
     old = dataclasses.replace(interleaved, settings=base.settings)
     assert f"{times} nginx" not in report.markdown(old, pages, "test.json")
 

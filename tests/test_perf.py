@@ -7,26 +7,35 @@ pipelined requests, a request head and a body split across reads while other con
 `Connection: close` (cached responses differ by all three), errors. Then what the optimisations promise that
 a transcript cannot show: an idle connection holds no receive buffer, a cached response's Date stays current,
 `--without cached_responses` does turn the cache off, thread workers each parse in a buffer of their own, and
-with `--pin` each worker runs on a CPU of its own.
+with `--pin` each worker runs on a CPU of its own. Round two's cuts in the system calls: every socket sends
+without Nagle (TCP_NODELAY, inherited from the listener), a client that asked to close is closed at once and
+every other still gets the lingering close, and only a file answer's head waits for the file (MSG_MORE).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import email.utils
+import errno
 import itertools
 import json
 import random
 import re
+import select
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from test_abuse import read_until_closed, send_until_closed
 from test_http import HELLO, HttpClient, chunked, get, post_echo
+from test_workers import wait_for_log
 
 from conftest import Phase, RunningServer
 
@@ -305,3 +314,161 @@ def test_thread_workers_receive_into_buffers_of_their_own(start_server: Callable
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         corrupted = [wrong for found in pool.map(corrupted_connections, range(clients)) for wrong in found]
     assert corrupted == [], f"{len(corrupted)} of {clients * connections} connections, e.g. {corrupted[:3]}"
+
+
+# --- round two: the system calls of a connection ------------------------------------------------------
+
+
+def reset_by_server(sock: socket.socket, within: float) -> bool:
+    """After the server's end of stream, send it a byte: True once the server has answered it with a reset
+    (its socket is closed: nothing reads there any more); False if none came within `within` seconds (a
+    lingering close is reading, and dropping, what we send)."""
+    sock.sendall(b"x")
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        # The reset is a pending error on our socket: recv() cannot report it once it has read the end of
+        # stream (it returns b"" from then on), SO_ERROR does. After an end of stream our kernel records a
+        # reset as EPIPE (our side may still send, and the reset says nobody will read).
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) in (errno.EPIPE, errno.ECONNRESET):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.needs("http", "quick_close")
+def test_a_client_that_asked_to_close_is_closed_at_once(start_server: Callable[..., RunningServer]) -> None:
+    """`Connection: close`, answered whole in one turn, nothing sent after it: the server closes its socket at
+    once (the quick close) instead of half-closing and waiting for the client's FIN. Seen from outside: a byte
+    sent after the end of stream meets a closed socket, which answers with a reset."""
+    server = start_server("--workers", "1")
+    for request in [get("/", "Connection: close"), get("/users/7", version="HTTP/1.0")]:
+        with server.connect(timeout=10) as sock:
+            sock.sendall(request)
+            answer, ending = read_until_closed(sock, within=10)
+            assert answer.startswith(b"HTTP/1.1 200 ") and ending == "eof", (answer[:40], ending)
+            assert reset_by_server(sock, within=10), f"{request!r}: the server lingered"
+
+
+@pytest.mark.needs("http", "quick_close")
+def test_a_client_still_sending_after_its_close_request_gets_the_lingering_close(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """The quick close is for a client that sent nothing after its last request. One that did may still be
+    sending (here 1 MiB after it, more than one receive takes): closing with its bytes unread would make our
+    kernel answer them with a reset at once, and the client's kernel, receiving the reset, drops the answer
+    it had not read yet. Such a client gets the lingering close, and its whole answer."""
+    server = start_server("--workers", "1")
+    with server.connect(timeout=10) as sock:
+        request_and_more = get("/", "Connection: close") + bytes(2**20)
+        sender = threading.Thread(target=send_until_closed, args=(sock, request_and_more))
+        sender.start()
+        time.sleep(0.5)  # the server answers and closes, one way or the other, while we read nothing
+        answer, ending = read_until_closed(sock, within=10)
+    sender.join(timeout=10)
+    assert answer.endswith(HELLO) and ending == "eof", (answer[:40], ending)
+
+
+@pytest.mark.needs("http", "quick_close", "graceful_shutdown")
+def test_a_client_told_to_close_by_a_drain_gets_the_lingering_close(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A drain answers a keep-alive request with `Connection: close`: that client did not ask to close, and
+    may send its next request before it reads the answer. Here it does, while most of the answer still
+    waits in the server's kernel for room in the client's small receive window. A quick close would meet
+    that request with a reset, and a reset throws away what the kernel has not sent yet. The lingering close
+    reads the request, drops it, and the whole answer arrives."""
+    server = start_server("--workers", "1")
+    body = bytes(range(256)) * 40  # 10 KiB: our kernel takes it at once, the client's window does not
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # before connect: the window stays small
+        sock.settimeout(10)
+        sock.connect(server.address)
+        request = post_echo(body)
+        sock.sendall(request[:-1])  # a request in progress, which the drain waits for (an idle one has 1 s)
+        mark = len(server.stderr_so_far())
+        server.process.send_signal(signal.SIGTERM)
+        wait_for_log(server, r"draining", after=mark, within=10)
+        sock.sendall(request[-1:])
+        assert select.select([sock], [], [], 10)[0], "no answer while draining"
+        sock.sendall(get("/"))  # before the answer is read, as a client that pipelines would
+        time.sleep(0.2)  # a reset has time to arrive
+        answer, ending = read_until_closed(sock, within=10)
+    assert b"\r\nConnection: close\r\n" in answer and answer.endswith(body), (len(answer), ending)
+    assert ending == "eof"
+
+
+# trigger_modes: it drives the epoll loop's accept by hand (phase 7's ring sets the same option the same way).
+@pytest.mark.needs("server_internals", "trigger_modes")
+def test_every_accepted_socket_sends_without_nagle(phase: Phase) -> None:
+    """TCP_NODELAY on every client's socket, however it gets there (phase 6: set once on the listener, whose
+    accepted sockets inherit it): with Nagle's algorithm a small answer would wait for the ACK of the one
+    before it, and the client delays its ACKs by up to 40 ms."""
+    server_module = phase.import_module("server")
+    with server_module.create_listener("127.0.0.1", 0) as listener:
+        server = server_module.Server(listener)
+        with socket.create_connection(listener.getsockname()[:2]) as client:
+            deadline = time.monotonic() + 10
+            while not server.connections and time.monotonic() < deadline:
+                server.accept_clients(time.monotonic())  # the listener is non-blocking: retry until queued
+            (connection,) = server.connections.values()
+            assert connection.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), client
+        server.shutdown()
+
+
+@pytest.mark.needs("server_internals", "static_files", "file_head_more")
+def test_only_a_file_answers_head_waits_for_the_file(
+    phase: Phase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file answer's head is sent with MSG_MORE, so that the kernel sends it with the file's first bytes.
+    Any other answer must go at once: with MSG_MORE the kernel would hold it back for 200 ms, waiting for
+    more. Every send() the server makes is recorded, with its flags, for answers of every kind."""
+    server_module = phase.import_module("server")
+    app_module = phase.import_module("app")
+    (tmp_path / "page.html").write_bytes(b"<p>hello</p>\n" * 1000)
+    sends: list[tuple[bytes, int]] = []  # the first bytes of each send, and whether it had MSG_MORE
+    if "io_uring" in phase.capabilities:  # the ring's send operation, whose flags are send(2)'s
+        ring_class = phase.import_module("uring").Ring
+        real_ring_send = ring_class.send
+
+        def recording_ring_send(  # noqa: PLR0917 (the signature of Ring.send)
+            self: Any, fd: int, address: int, length: int, tag: int, flags: int = 0
+        ) -> None:
+            sends.append((ctypes.string_at(address, min(length, 12)), flags & socket.MSG_MORE))
+            real_ring_send(self, fd, address, length, tag, flags)
+
+        monkeypatch.setattr(ring_class, "send", recording_ring_send)
+    else:
+        real_send = socket.socket.send
+
+        def recording_send(self: socket.socket, data: Any, flags: int = 0) -> int:
+            sends.append((bytes(data[:12]), flags & socket.MSG_MORE))
+            return real_send(self, data, flags)
+
+        monkeypatch.setattr(socket.socket, "send", recording_send)
+    listener = server_module.create_listener("127.0.0.1", 0)
+    server = server_module.Server(listener, application=app_module.build_application(tmp_path))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        requests = {
+            "a file": get("/static/page.html"),
+            "a range of it": get("/static/page.html", "Range: bytes=10-19"),
+            "its head": b"HEAD /static/page.html HTTP/1.1\r\nHost: test\r\n\r\n",
+            "not modified": get("/static/page.html", "If-None-Match: *"),
+            "a fixed answer": get("/"),
+            "a dynamic one": get("/users/7"),
+            "not found": get("/static/missing.html"),
+        }
+        for what, request in requests.items():
+            sends.clear()
+            with socket.create_connection(listener.getsockname()[:2], timeout=10) as client:
+                client.sendall(request[:-2] + b"Connection: close\r\n\r\n")
+                read_until_closed(client, within=10)
+            flags = [flag for data, flag in sends if data.startswith(b"HTTP/1.1 ")]
+            expected = socket.MSG_MORE if what in ("a file", "a range of it") else 0
+            assert flags == [expected], f"{what}: send() flags {flags}"
+    finally:
+        server.wakeup_writer.send(bytes([signal.SIGTERM, signal.SIGTERM]))  # what the signal handler writes
+        thread.join(timeout=10)
+        server.shutdown()
+        listener.close()
