@@ -4,7 +4,8 @@ The event loop is the echo server's. What changes is what happens to the bytes: 
 to its own sans-I/O parser (protocol.py), answers every complete request in order, and closes when the
 protocol, a limit or a timeout says so. Closing is the subtle part: a server that closes while the client
 is still sending makes the kernel answer with a reset, which can destroy the response the client has not
-read yet, so we half-close and drain first (a "lingering close"). Stopping is closing for everyone at once:
+read yet, so we half-close and drain first (a "lingering close"), unless the client asked for the answer to
+be its last and sent nothing after it (the quick close). Stopping is closing for everyone at once:
 a signal makes the loop drain (no new clients, requests in flight finished) instead of dropping them. The
 application (app.py) answers each request with bytes, or with a head and a file that we send with
 os.sendfile, one file at a time per connection: the kernel copies it to the socket, Python never sees it.
@@ -234,7 +235,7 @@ class Server:
         # idle connection then holds no buffer (its parser keeps bytes only while a request is incomplete).
         self.shared_buffer = bytearray(SHARED_CAPACITY) if shared_buffer else None
         self.inherited_nodelay = inherited_nodelay  # see accept_clients
-        self.quick_close = quick_close  # see answer_batch
+        self.quick_close = quick_close  # see close_after_answer
         self.file_head_flags = socket.MSG_MORE if file_head_more else 0  # see answer_batch
         # Check deadlines ten times per timeout: a connection closes at most 10% late, for one O(n) scan.
         self.sweep_interval = min(idle_timeout / 10, header_timeout / 10, body_timeout / 10, 1.0)
