@@ -84,6 +84,10 @@ DRAIN_GRACE = 1.0
 HEARTBEAT_INTERVAL = 0.25
 # After an answer that ends the connection, how long we keep draining what the client still sends.
 LINGER_TIMEOUT = 2.0
+# The quick close (close_after_answer) follows a last answer of at most this many bytes: about what TCP sends
+# at once on any path (RFC 6928's initial window: 10 segments). A larger one leaves over round trips, during
+# which a client that breaks its promise and sends would draw a reset, and the reset drops the unsent rest.
+QUICK_CLOSE_MAX_ANSWER = 16 * 1024
 # On the way out, how long the ring has to finish the closes asked of it (it takes microseconds).
 LAST_CLOSES_TIMEOUT = 1.0
 # Backpressure: stop reading from a client that has this much of our output still unread...
@@ -642,7 +646,10 @@ class Server:
             # MSG_MORE before a file: the kernel holds the head back, to leave in one packet with the file's
             # first bytes, rather than in a small packet of its own that both ends would process.
             flags = self.file_head_flags if file_body is not None else 0
-            self.send(connection, b"".join(responses), flags)
+            answer = b"".join(responses)
+            answer_size = len(answer) + (file_body.length if file_body is not None else 0)
+            connection.may_close_at_once &= answer_size <= QUICK_CLOSE_MAX_ANSWER  # a large one lingers
+            self.send(connection, answer, flags)
         if file_body is not None and self.begin_file(connection, file_body) and not connection.closing:
             return True
         all_sent = connection.sending is None and connection.pending_file is None
@@ -778,9 +785,9 @@ class Server:
 
     # --8<-- [start:close]
     def close_after_answer(self, connection: Connection) -> None:
-        """The last answer is all in the socket: the quick close if the client asked for it to be the last,
-        sent nothing after it, and was read from all along (a pause leaves its bytes in the kernel), else the
-        lingering close."""
+        """The last answer is all in the socket: the quick close if it was small, and the client asked for it
+        to be the last, sent nothing after it, and was read from all along (a pause leaves its bytes in the
+        kernel); else the lingering close."""
         if connection.may_close_at_once and self.quick_close and connection.parser.dropped_bytes == 0:
             # RFC 9112 §9.6: a client that sends "close" MUST NOT send further requests. So no byte of its
             # will meet a closed socket and draw a reset: close now, as nginx does, and save the shutdown,

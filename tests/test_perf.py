@@ -350,6 +350,21 @@ def test_a_client_that_asked_to_close_is_closed_at_once(start_server: Callable[.
 
 
 @pytest.mark.needs("http", "quick_close")
+def test_a_large_last_answer_ends_in_the_lingering_close(start_server: Callable[..., RunningServer]) -> None:
+    """A last answer larger than QUICK_CLOSE_MAX_ANSWER leaves over round trips, while a client that broke its
+    promise could still send and draw a reset that drops the rest: such an answer ends in the lingering close
+    even when the client asked for it to be the last. Seen from outside: a byte sent after the end of stream
+    is read and dropped (within LINGER_TIMEOUT, 2 s: we wait a quarter of it), not answered with a reset."""
+    server = start_server("--workers", "1")
+    body = bytes(range(256)) * 256  # 64 KiB
+    with server.connect(timeout=10) as sock:
+        sock.sendall(post_echo(body, "Connection: close"))
+        answer, ending = read_until_closed(sock, within=10)
+        assert answer.endswith(body) and ending == "eof", (len(answer), ending)
+        assert not reset_by_server(sock, within=0.5), "a 64 KiB last answer ended in the quick close"
+
+
+@pytest.mark.needs("http", "quick_close")
 def test_a_client_still_sending_after_its_close_request_gets_the_lingering_close(
     start_server: Callable[..., RunningServer],
 ) -> None:
