@@ -398,10 +398,23 @@ def python_version_clause(machine: dict[str, Any]) -> str:
     return "" if "interpreter" in machine else f", Python {machine['python']}"
 
 
+# The directories of a repository that hold interpreters (the venv, the peers' venvs): a path through one is
+# shown from the repository's root whichever clone measured it, so that a page rendered from a results file
+# is the same in every clone.
+INTERPRETER_DIRECTORIES = (".venv", ".bench-venvs")
+
+
 def in_repository(path: str) -> str:
-    """A path as a reader types it from the repository's root, if it is inside; symlinks are not followed,
-    since a venv's python is a link to the interpreter it was made from."""
-    return os.path.relpath(path, REPO_ROOT) if Path(path).is_relative_to(REPO_ROOT) else path
+    """A path as a reader types it from the repository's root, if it is inside this one, or inside another
+    clone's interpreter directory; symlinks are not followed, since a venv's python is a link to the
+    interpreter it was made from."""
+    if Path(path).is_relative_to(REPO_ROOT):
+        return os.path.relpath(path, REPO_ROOT)
+    parts = Path(path).parts
+    for directory in INTERPRETER_DIRECTORIES:
+        if directory in parts:
+            return Path(*parts[parts.index(directory) :]).as_posix()
+    return path
 
 
 def rerun_command(contents: dict[str, Any], published_with: str) -> str:

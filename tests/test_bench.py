@@ -1366,3 +1366,17 @@ def test_the_interpreters_page_compares_each_build_with_the_venvs_run_by_run() -
     interpreter = "\nInterpreter: CPython 3.11.2, `/usr/bin/python3.11`; PGO unknown, LTO unknown (its"
     assert f"{interpreter} sysconfig describes a build" in bench_page
     assert "Linux 6.1, Python 3.11.7, wrk 4.1.0." in report.markdown(_results(), ["nginx"], "test.json")
+
+
+def test_a_page_names_an_interpreter_the_same_way_in_every_clone() -> None:
+    """A results file records the interpreter's absolute path, in the clone that measured; the page drawn from
+    it must be the same in every clone (the published-tables test redraws them), so a path through a
+    repository's venv is shown from the repository's root, whichever clone that was."""
+    here = REPO_ROOT / ".venv" / "bin" / "python"
+    assert results.in_repository(str(here)) == ".venv/bin/python"
+    assert results.in_repository("/elsewhere/clone/.venv/bin/python") == ".venv/bin/python"
+    assert (
+        results.in_repository("/elsewhere/clone/.bench-venvs/3.11/bin/python")
+        == ".bench-venvs/3.11/bin/python"
+    )
+    assert results.in_repository("/usr/bin/python3.11") == "/usr/bin/python3.11"

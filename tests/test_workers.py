@@ -320,7 +320,9 @@ def load_on_both_workers(server: RunningServer) -> tuple[Load, dict[int, set[int
 def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced_at_once(
     start_server: Callable[..., RunningServer], model: str, phase: Phase
 ) -> None:
-    server = start_server("--model", model)
+    # The survivor is stopped while the replacement starts, which a busy machine may make last a while: its
+    # heartbeat must not run out meanwhile, or its own replacement could be the one that answers.
+    server = start_server("--model", model, "--heartbeat-timeout", str(3 * REPLACEMENT_WITHIN))
     load, clients_of = load_on_both_workers(server)
     try:
         victim, survivor = sorted(clients_of, key=lambda pid: len(clients_of[pid]))  # the most witnesses stay
