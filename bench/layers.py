@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import costs, cpu, flame, targets, wrk
-from bench.report import EN_DASH, markdown_table, times, with_range
+from bench.report import EN_DASH, markdown_table, target_verdict, times, with_range
 from bench.results import (
     Spread,
     add_publishing_options,
@@ -657,14 +657,7 @@ def target_rows(contents: dict[str, Any]) -> list[list[str]]:
         ours = rows.get((label, scenario))
         theirs = rows.get((label, first) if reference.startswith("itself") else (reference, scenario))
         spread = run_ratios(ours, theirs) if ours is not None and theirs is not None else None
-        if spread is None:
-            verdict = "not measured in this run"
-        elif spread.low >= target:
-            verdict = "met"
-        elif spread.high < target:
-            verdict = f"missed, by {1 - spread.median / target:.0%} of the target"
-        else:
-            verdict = "inside the noise: the runs fall on both sides"
+        verdict = target_verdict(spread, target)
         table.append([scenario, f"≥ {times(target)} {reference}", with_range(spread, times), verdict])
     return table
 

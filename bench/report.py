@@ -10,7 +10,6 @@ files hold tables and sentences only, no links or images, so they are valid wher
 from __future__ import annotations
 
 import datetime
-import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from bench.results import (
     rerun_command,
 )
 from bench.wrk import Scenario
+from tools.phases import builds_on
 
 REFERENCE = "nginx"  # the target every other one is compared with, run by run, in each scenario
 NOISY_MARK = "\N{DAGGER}"  # after the name of a target whose runs were disturbed by other processes
@@ -210,11 +210,12 @@ def scenario_tables(results: Results, scenario: Scenario, targets: list[str]) ->
 
 def phase_costs(results: Results, targets: list[str]) -> list[str]:
     """A line per phase in `targets` and per scenario every phase serves (`GET /`): what its server CPU per
-    request costs against the phase measured before it (on its own page too), from the medians of runs."""
+    request costs against the phase it starts from (on its own page too), from the medians of runs."""
     phases = [info.name for info in results.targets if info.kind == "phase"]
     lines = []
-    for earlier, later in itertools.pairwise(phases):
-        if later not in targets:
+    for later in phases:
+        earlier = builds_on(later, phases)  # the phase before it, or the one it starts from after a branch
+        if earlier is None or later not in targets:
             continue
         for scenario in results.scenarios:
             if scenario.needs:
@@ -247,6 +248,62 @@ def phase_costs(results: Results, targets: list[str]) -> list[str]:
 def times(value: float) -> str:
     """A ratio, as the tables show it: 1.23 and a multiplication sign."""
     return f"{value:.2f}\N{MULTIPLICATION SIGN}"
+
+
+def target_verdict(spread: Spread | None, target: float) -> str:
+    """Met if every pair of runs met the target, missed if none did (by how much, from the median), else
+    inside the run's noise."""
+    if spread is None:
+        return "not measured in this run"
+    if spread.low >= target:
+        return "met"
+    if spread.high < target:
+        return f"missed, by {1 - spread.median / target:.0%} of the target"
+    return "inside the noise: the runs fall on both sides"
+
+
+# --8<-- [start:targets]
+# A phase's targets against the targets of the same run (docs/phase6.md, "The targets, met and missed" and
+# "Round two's targets"): the round that set it, the scenario, the peer ("itself": the phase in keepalive-64,
+# `GET /` from its cache), and the least ratio of requests per server CPU-second. The floor makes the same
+# system calls as the phase; nginx sends the file by sendfile too.
+PHASE_TARGETS = {
+    "phase6_perf": (
+        ("one", "keepalive-64", "nginx", 1.0),
+        ("one", "pipeline-16", "hyper", 1.0),
+        ("one", "close", "granian", 1.0),
+        ("one", "keepalive-1000", "nginx", 1.0),
+        ("one", "keepalive-64", "uvicorn", 3.5),
+        ("one", "pipeline-16", "uvicorn", 3.5),
+        ("one", "close", "uvicorn", 3.5),
+        ("one", "keepalive-1000", "uvicorn", 3.5),
+        ("two", "keepalive-64", "floor", 0.70),
+        ("two", "keepalive-1000", "floor", 0.70),
+        ("two", "pipeline-16", "floor", 0.25),
+        ("two", "close", "floor", 0.85),
+        ("two", "static-64k", "nginx", 0.80),
+        ("two", "route-64", "granian", 1.5),
+        ("two", "route-64", "starlette", 4.0),
+        ("two", "route-64", "itself", 0.70),
+        ("two", "browser", "starlette", 2.0),
+    ),
+}
+# --8<-- [end:targets]
+
+
+def phase_targets(results: Results, phase: str) -> list[str]:
+    """A row per target of the phase: the ratio measured (run i over run i, median and range) and the
+    verdict."""
+    rows = []
+    for round_, scenario, peer, target in PHASE_TARGETS.get(phase, ()):
+        ours = results.measurement(phase, scenario)
+        reference, its_scenario = (phase, "keepalive-64") if peer == "itself" else (peer, scenario)
+        theirs = results.measurement(reference, its_scenario)
+        spread = ours.ratio(theirs, "requests_per_server_cpu_s") if ours and theirs else None
+        verdict = target_verdict(spread, target)
+        rows.append([round_, scenario, f"≥ {times(target)} {peer}", with_range(spread, times), verdict])
+    header = ["round", "scenario", "target", "measured", "verdict"]
+    return markdown_table(header, rows, ["---", "---", "---", "--:", "---"])
 
 
 def peer_ratios(results: Results, phase: str) -> list[str]:
@@ -391,6 +448,16 @@ def markdown(results: Results, targets: list[str], source: str) -> str:
             " runs' ratios (lowest to highest). Above 1, the phase serves a request for less CPU.",
             "",
             *ratios,
+            "",
+        ]
+    if results.is_phase(targets[0]) and targets[0] in PHASE_TARGETS:
+        lines += [
+            f"#### {targets[0]}'s targets",
+            "",
+            "Each target is a least ratio of requests per server CPU-second, run i over run i. Met if every"
+            " pair of runs met it, missed if none did, else inside this run's noise.",
+            "",
+            *phase_targets(results, targets[0]),
             "",
         ]
     if any(results.idle_for(name) for name in targets):

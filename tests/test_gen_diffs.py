@@ -53,6 +53,22 @@ def test_writes_a_diff_and_a_stat_per_consecutive_pair(tmp_path: Path) -> None:
     assert "| `server.py` | +1 | -1 |" in stat
 
 
+def test_a_phase_after_a_branch_is_diffed_against_the_phase_it_starts_from(tmp_path: Path) -> None:
+    """Phase 7 is a branch: phase 8 starts from phase 6 (tools/phases.py, BUILDS_ON), so its chapter's diff
+    shows only what TLS adds, not io_uring taken out."""
+    make_phase(tmp_path, "phase6_perf", {"server.py": "loop = 'epoll'\n"})
+    make_phase(tmp_path, "phase7_io_uring", {"server.py": "loop = 'io_uring'\n"})
+    make_phase(tmp_path, "phase8_tls", {"server.py": "loop = 'epoll'\n", "tls.py": "tls = True\n"})
+    assert gen_diffs(tmp_path).returncode == 0
+    diffs = tmp_path / "docs" / "diffs"
+    assert sorted(path.name for path in diffs.glob("*.diff")) == [
+        "phase6_perf_to_phase7_io_uring.diff",
+        "phase6_perf_to_phase8_tls.diff",
+    ]
+    diff = (diffs / "phase6_perf_to_phase8_tls.diff").read_text()
+    assert "+tls = True\n" in diff and "io_uring" not in diff
+
+
 def test_the_diff_is_what_gnu_diff_prints_without_the_dates(tmp_path: Path) -> None:
     """The reader's command and the chapter show the same hunks: only the dates on ---/+++ lines differ."""
     make_phase(

@@ -1,6 +1,7 @@
 """Write one diff per chapter: what changed between each phase and the next, for the docs to include.
 
-For every consecutive pair of phase directories (`phaseN_name/`, ordered by N) this writes, under docs/diffs/:
+For every phase directory (`phaseN_name/`, ordered by N) but the first, and the phase it starts from (the one
+before it, or the one tools/phases.py's BUILDS_ON names after a branch), this writes, under docs/diffs/:
 
     <prev>_to_<next>.diff     what `diff -ruN -x __pycache__ <prev> <next>` prints from the repository root
                               (new and deleted files in full), with the file dates cut from the ---/+++ lines
@@ -28,7 +29,7 @@ from pathlib import Path
 
 # Run as a script, this file has tools/ on sys.path, not the repository root that holds the `tools` package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tools.phases import REPO_ROOT, find_phases
+from tools.phases import REPO_ROOT, phase_pairs
 
 DIFF_OPTIONS = ("-ruN", "-x", "__pycache__")
 DIFFS_DIR = Path("docs") / "diffs"
@@ -108,8 +109,7 @@ def render_stat(changes: list[FileChange], old_name: str, new_name: str) -> str:
 def expected_outputs(repo_root: Path) -> dict[Path, str]:
     """Every file docs/diffs/ should hold and its contents, keyed by path relative to the repository root."""
     outputs: dict[Path, str] = {}
-    phases = find_phases(repo_root)
-    for old_dir, new_dir in itertools.pairwise(phases):
+    for old_dir, new_dir in phase_pairs(repo_root):
         diff_text = run_diff(repo_root, old_dir.name, new_dir.name)
         changes = split_by_file(diff_text, repo_root, old_dir.name, new_dir.name)
         stem = DIFFS_DIR / f"{old_dir.name}_to_{new_dir.name}"
@@ -132,7 +132,7 @@ def check(repo_root: Path) -> list[str]:
     problems = []
     for path in sorted(expected.keys() | present_outputs(repo_root)):
         if path not in expected:
-            problems.append(f"extra: {path} (no such pair of consecutive phases)")
+            problems.append(f"extra: {path} (no such pair of phases)")
         elif not (repo_root / path).is_file():
             problems.append(f"missing: {path}")
         elif (repo_root / path).read_text(encoding="utf-8") != expected[path]:

@@ -18,6 +18,7 @@ the server writes to stderr goes to a temporary file, read once it has stopped, 
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import re
 import resource
@@ -38,6 +39,12 @@ LISTENING_LINE = re.compile(r"listening on (\S+):(\d+)\n")
 PHASE_DIR_PATTERN = re.compile(r"^phase(\d+)_\w+$")
 
 
+# Each phase starts as a copy of the one before it, except after a branch of the story: phase 7 (io_uring) is
+# one that later phases do not take, since containers, older kernels and other machines cannot make a ring,
+# so phase 8 starts from phase 6. Its chapter's diff, and the bench's "against the one before", follow this.
+BUILDS_ON = {"phase8_tls": "phase6_perf"}
+
+
 def find_phases(root: Path) -> list[Path]:
     """The phase directories under `root` (`phaseN_name/`), ordered by N: phase10 comes after phase9."""
     numbered = [
@@ -46,6 +53,24 @@ def find_phases(root: Path) -> list[Path]:
         if path.is_dir() and (match := PHASE_DIR_PATTERN.match(path.name))
     ]
     return [path for _, path in sorted(numbered)]
+
+
+def phase_pairs(root: Path) -> list[tuple[Path, Path]]:
+    """Each phase after the first, after the phase it starts from (BUILDS_ON, else the one before it)."""
+    phases = find_phases(root)
+    by_name = {path.name: path for path in phases}
+    return [
+        (by_name.get(BUILDS_ON.get(later.name, ""), earlier), later)
+        for earlier, later in itertools.pairwise(phases)
+    ]
+
+
+def builds_on(name: str, names: Sequence[str]) -> str | None:
+    """The phase among `names` (in phase order) that `name` starts from, or None for the first."""
+    if name in BUILDS_ON and BUILDS_ON[name] in names:
+        return BUILDS_ON[name]
+    index = list(names).index(name)
+    return names[index - 1] if index > 0 else None
 
 
 def newest_phase_with(root: Path, file_name: str) -> Path | None:
