@@ -11,6 +11,9 @@ NEWEST := $(shell ls -d phase[0-9]*_*/ | sort -V | tail -n 1 | tr -d /)
 HOST ?= 127.0.0.1
 PORT ?= 8080
 PHASE ?= $(NEWEST)
+# A phase that speaks TLS (its CAPABILITIES say "tls") is run with the development certificate of `make cert`.
+CERTS := certs
+PHASE_TLS := $(shell grep -qs '"tls"' $(PHASE)/__init__.py && echo yes)
 PY_SOURCES := phase*/ tests/ tools/ bench/
 # The root conftest.py is checked on its own: mypy would see two top-level modules named `conftest`.
 ROOT_CONFTEST := conftest.py
@@ -18,11 +21,32 @@ ROOT_CONFTEST := conftest.py
 export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: run test lint typecheck pytest docs serve-docs diffs diffs-check bench bench-echo bench-parser bench-router \
-	bench-sendfile bench-abuse bench-workers bench-ablation bench-costs bench-layers bench-interpreters flame \
-	mutation system-tools browser-tools bench-tools clean
+	bench-sendfile bench-tls-io bench-tls-resumption bench-abuse bench-workers bench-ablation bench-costs bench-layers bench-interpreters flame \
+	mutation system-tools browser-tools bench-tools clean cert
 
-run:  ## serve the newest phase on $(HOST):$(PORT)
-	$(PYTHON) -m $(PHASE) --host $(HOST) --port $(PORT)
+run: $(if $(PHASE_TLS),$(CERTS)/server.pem)  ## serve the newest phase on $(HOST):$(PORT) (PHASE=... for another)
+	$(PYTHON) -m $(PHASE) --host $(HOST) --port $(PORT) \
+	  $(if $(PHASE_TLS),--tls-cert $(CERTS)/server.pem --tls-key $(CERTS)/server.key)
+
+# A development certificate authority and a server certificate it signed for localhost and 127.0.0.1, both
+# ECDSA P-256 keys, by openssl (always there on Debian): certs/ is git-ignored, and no key in it protects
+# anything but a reader's own machine. The authority is kept apart, so a client can trust it (--cacert).
+cert: $(CERTS)/server.pem  ## a development CA and server certificate in certs/, and the curl line that trusts it
+	@echo "curl --cacert $(CERTS)/ca.pem https://localhost:$(PORT)/   # once make run PHASE=<a TLS phase> serves"
+
+$(CERTS)/server.pem:
+	mkdir -p $(CERTS)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc -days 365 \
+	  -subj "/CN=HTTP from first principles, development CA" -keyout $(CERTS)/ca.key -out $(CERTS)/ca.pem \
+	  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+	openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc -subj "/CN=localhost" \
+	  -keyout $(CERTS)/server.key -out $(CERTS)/server.csr 2>/dev/null
+	printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+	  "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" "subjectKeyIdentifier=hash" \
+	  "authorityKeyIdentifier=keyid" > $(CERTS)/server.ext
+	openssl x509 -req -in $(CERTS)/server.csr -CA $(CERTS)/ca.pem -CAkey $(CERTS)/ca.key -CAcreateserial \
+	  -days 365 -extfile $(CERTS)/server.ext -out $(CERTS)/server.pem 2>/dev/null
+	rm -f $(CERTS)/server.csr $(CERTS)/server.ext $(CERTS)/ca.srl
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -132,6 +156,12 @@ bench-router: $(STAMP)  ## the router microbenchmark, on the newest phase with a
 
 bench-sendfile: $(STAMP)  ## os.sendfile against pread + send: CPU per 64 KiB file (pins itself to CPUs 1 and 0)
 	$(PY) -m bench.sendfile_micro --publish
+
+bench-tls-io: $(STAMP) system-tools  ## TLS in an epoll loop: SSLObject over memory BIOs against SSLSocket (strace)
+	$(PY) -m bench.tls_io --publish
+
+bench-tls-resumption: $(STAMP)  ## phase 8: how often a TLS session resumes, with 1, 2 and 4 workers
+	$(PY) -m bench.tls_resumption --publish
 
 # The attacks of chapter 3 on phase 3 as it was before its defences (commit 8be1d17, extracted by git archive
 # into a temporary directory), then on phase 3 as it is.

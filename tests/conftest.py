@@ -13,6 +13,10 @@ The two options are declared in the root conftest.py (it says why); this file re
 A phase may need more than Python: one whose CAPABILITIES include "io_uring" runs only where the kernel lets
 it make a ring. Elsewhere each of its tests is skipped with the reason its own `uring.unavailable_reason()`
 gives, or fails in CI (CI=true), like a missing external tool (`require_tool`).
+
+A phase whose CAPABILITIES include "tls" is started with a certificate from a certificate authority made for
+the test session (`session_authority()`, by trustme), and `server.connect()` gives a client that speaks TLS
+and trusts that authority: every test that talks through `connect()` then runs through TLS, unchanged.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ import functools
 import importlib
 import os
 import re
+import selectors
 import shutil
 import socket
+import ssl
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,7 @@ from typing import NoReturn
 
 import psutil
 import pytest
+import trustme
 
 from tools.phases import REPO_ROOT, PhaseProcess, find_phases, phase_capabilities
 
@@ -129,12 +138,62 @@ def io_uring_unavailable_reason(phase: Phase) -> str | None:
     return reason
 
 
+@dataclass(frozen=True)
+class SessionAuthority:
+    """A certificate authority for one test session, and a server certificate it issued for 127.0.0.1."""
+
+    authority: trustme.CA
+    certificate_file: Path  # the server's certificate chain, PEM
+    key_file: Path  # its private key, PEM
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client's context that trusts this authority alone, and checks the server's name as usual."""
+        context = ssl.create_default_context()
+        self.authority.configure_trust(context)
+        return context
+
+
+@functools.cache
+def session_authority() -> SessionAuthority:
+    """The session's authority: made once, its files in a directory removed when the tests end."""
+    directory = Path(tempfile.mkdtemp(prefix="test-authority-"))
+    _SESSION_DIRECTORIES.append(directory)
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    certificate_file, key_file = directory / "server.pem", directory / "server.key"
+    issued.cert_chain_pems[0].write_to_path(str(certificate_file))
+    issued.private_key_pem.write_to_path(str(key_file))
+    return SessionAuthority(authority, certificate_file, key_file)
+
+
+_SESSION_DIRECTORIES: list[Path] = []
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for directory in _SESSION_DIRECTORIES:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 class RunningServer(PhaseProcess):
     """A phase started as `python -m <phase> --port 0 ...`, with what the tests ask of it while it runs."""
 
-    def connect(self, timeout: float = 10.0) -> socket.socket:
-        """A blocking client socket connected to the server, with a timeout on every operation."""
-        client = socket.create_connection(self.address, timeout=timeout)
+    client_tls: ssl.SSLContext | None = None  # how connect() speaks to a TLS phase; None: cleartext
+
+    def connect(self, timeout: float = 10.0, receive_buffer: int | None = None) -> socket.socket:
+        """A blocking client socket connected to the server, with a timeout on every operation; through
+        TLS (its handshake done) if the server speaks it. `receive_buffer` sets SO_RCVBUF before connect(),
+        so that the window the client offers is small from the start."""
+        client = socket.socket()
+        if receive_buffer is not None:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        client.settimeout(timeout)
+        try:
+            client.connect(self.address)
+        except OSError:
+            client.close()
+            raise
+        if self.client_tls is not None:
+            client = self.client_tls.wrap_socket(client, server_hostname=self.host)
         return client
 
     def processes(self) -> list[psutil.Process]:
@@ -170,13 +229,114 @@ class RunningServer(PhaseProcess):
         return total
 
 
+def half_close(sock: socket.socket) -> None:
+    """shutdown(SHUT_WR): no more bytes from us, and we read on. An SSLSocket's own shutdown() also drops its
+    TLS layer (Python's choice), and it would then read ciphertext: so the descriptor underneath is shut
+    down, through a duplicate. Through TLS this is a client that stops sending without a close_notify."""
+    with socket.socket(fileno=os.dup(sock.fileno())) as duplicate:
+        duplicate.shutdown(socket.SHUT_WR)
+
+
+class FullDuplex:
+    """A client that sends and receives at once, in one thread. A test that keeps sending while it reads (or,
+    on purpose, does not read) would need a thread to send; but two threads may not use one SSLSocket at once
+    (OpenSSL's rule), so here sending and receiving take turns, as in an event loop, through TLS or not.
+    `marker` (say b"HTTP/1.1 ") is counted in what arrives, as it arrives: `marks`."""
+
+    def __init__(self, sock: socket.socket, marker: bytes = b"HTTP/1.1 ") -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.unsent = memoryview(b"")
+        self.received = bytearray()
+        self.marker, self.marks, self._tail = marker, 0, b""
+        self.ended: str | None = None  # "eof" or "reset", once the server has closed
+        self.send_error: OSError | None = None  # why sending stopped early, if it did
+
+    def queue(self, data: bytes) -> None:
+        self.unsent = memoryview(bytes(self.unsent) + data)
+
+    def run(self, until: Callable[[], bool] | None, within: float, *, reading: bool = True) -> bool:
+        """Send what is queued and, if `reading`, receive, until `until()` holds: True; False if `within`
+        seconds pass first (with `until` None, True after `within` seconds), or the server closes first."""
+        deadline = time.monotonic() + within
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.sock, selectors.EVENT_READ)
+            while until is None or not until():
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.ended is not None and (not self.unsent or self.send_error)):
+                    return until is None and left <= 0
+                sending = bool(self.unsent) and self.send_error is None
+                receiving = reading and self.ended is None
+                if not (sending or receiving):
+                    time.sleep(min(left, 0.01))
+                    continue
+                selector.modify(
+                    self.sock, (selectors.EVENT_WRITE * sending) | (selectors.EVENT_READ * receiving)
+                )
+                held = receiving and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+                events = selector.select(0 if held else min(left, 0.1))
+                mask = (events[0][1] if events else 0) | (selectors.EVENT_READ if held else 0)
+                if mask & selectors.EVENT_WRITE:
+                    self._send()
+                if mask & selectors.EVENT_READ:
+                    self._receive()
+        return True
+
+    def all_sent(self) -> bool:
+        return not self.unsent
+
+    def closed(self) -> bool:
+        return self.ended is not None
+
+    def receive_marks(self, count: int, within: float) -> bool:
+        """Run until `count` markers have arrived: True; False if they did not within `within` seconds."""
+        return self.run(lambda: self.marks >= count, within)
+
+    def receive_more(self, within: float) -> bool:
+        """Run until at least one more byte has arrived: True; False if none did within `within` seconds."""
+        size = len(self.received)
+        return self.run(lambda: len(self.received) > size, within)
+
+    def _send(self) -> None:
+        try:
+            # Through TLS, a send that would block must be made again with the same bytes: they stay first.
+            self.unsent = self.unsent[self.sock.send(self.unsent[:65536]) :]
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass
+        except OSError as error:  # the server has closed, or reset: what it sent may still be read
+            self.send_error = error
+
+    def _receive(self) -> None:
+        try:
+            chunk = self.sock.recv(1 << 20)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except ConnectionResetError:
+            self.ended = "reset"
+            return
+        if not chunk:
+            self.ended = "eof"
+            return
+        self.received += chunk
+        window = self._tail + chunk  # a marker split between two chunks is counted once, here
+        self.marks += window.count(self.marker)
+        self._tail = window[-(len(self.marker) - 1) :] if len(self.marker) > 1 else b""
+
+
 def start_phase(phase: Phase, *args: str) -> RunningServer:
     """Start a phase on a free port; wait (on its stdout, never by sleeping) for `listening on HOST:PORT`.
     A phase with worker processes gets `--workers 2` unless the test says how many: its default is the
     machine's CPU count, and no test may depend on the machine it runs on."""
     if "multi_process" in phase.capabilities and "--workers" not in args:
         args = ("--workers", "2", *args)
-    return RunningServer(phase.name, *args, root=phase.root)
+    tls = "tls" in phase.capabilities and "--tls-cert" not in args
+    if tls:
+        files = session_authority()
+        args = ("--tls-cert", str(files.certificate_file), "--tls-key", str(files.key_file), *args)
+    server = RunningServer(phase.name, *args, root=phase.root)
+    if tls:
+        server.client_tls = session_authority().client_context()
+    return server
 
 
 @pytest.fixture

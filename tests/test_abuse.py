@@ -8,12 +8,14 @@ exception in the middle of a request. Every load here goes to 127.0.0.1 and is b
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import random
 import resource
 import select
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,9 +26,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_http import HELLO, HttpClient, get, post_echo, reset
+from test_http import HELLO, HttpClient, ask, get, post_echo, reset
 
-from conftest import Phase, RunningServer
+from conftest import FullDuplex, Phase, RunningServer, half_close
 
 pytestmark = pytest.mark.needs("http")
 
@@ -204,7 +206,7 @@ def test_mutated_requests_split_at_random_points_never_hurt_the_server(
             cuts = sorted(rng.sample(range(len(data) + 1), k=min(3, len(data) + 1)))
             for start, stop in zip([0, *cuts], [*cuts, len(data)], strict=True):
                 sock.sendall(data[start:stop])
-            sock.shutdown(socket.SHUT_WR)  # no more bytes: whatever was incomplete can only be closed
+            half_close(sock)  # no more bytes: whatever was incomplete can only be closed
             answer, ending = read_until_closed(sock, within=5)
         assert ending != "timeout", f"case {case}: {data!r} left the connection open"
         assert answer == b"" or answer.startswith(b"HTTP/1.1 "), f"case {case}: {data!r} -> {answer[:80]!r}"
@@ -250,12 +252,14 @@ def test_accepting_resumes_after_running_out_of_descriptors_with_no_connection_o
         lowest_free = min(set(range(len(in_use) + 1)) - in_use)
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, limits[pid][1]))
     try:
-        with HttpClient(server, timeout=5) as client:
-            client.send(get("/"))  # the kernel completes the handshake; the server's accept() fails
+        # The kernel completes the TCP handshake and the server's accept() fails: the client waits, its
+        # request unanswered (through TLS, its handshake unfinished), in a thread.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(ask, server, get("/"), 5)
             time.sleep(0.5)
             for pid in pids:
                 resource.prlimit(pid, resource.RLIMIT_NOFILE, limits[pid])
-            assert client.response().body == HELLO
+            assert answer.result(timeout=10).body == HELLO
     finally:
         for pid in pids:
             resource.prlimit(pid, resource.RLIMIT_NOFILE, limits[pid])
@@ -290,7 +294,7 @@ def test_empty_lines_do_not_hold_a_connection_open(start_server: Callable[..., R
                 client.send(b"\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 break
-            if select.select([client.sock], [], [], 0.2)[0]:
+            if client.answer_arrives(within=0.2):
                 break
         assert client.response().status == 408
         assert client.is_closed_by_server()
@@ -309,7 +313,7 @@ def test_a_trickling_body_is_cut_by_its_minimum_rate(start_server: Callable[...,
     with HttpClient(server) as client:
         client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
         started = time.monotonic()
-        while not select.select([client.sock], [], [], 0.1)[0]:  # 10 bytes every 0.1 s: 100 B/s
+        while not client.answer_arrives(within=0.1):  # 10 bytes every 0.1 s: 100 B/s
             client.send(b"x" * 10)
             assert time.monotonic() - started < 5, "the body timeout never fired"
         assert client.response().status == 408
@@ -337,20 +341,13 @@ def test_a_slow_reader_of_a_long_pipeline_gets_every_answer(
     timeout must not run through it: a client that reads late still gets every answer, and no reset."""
     server = start_server("--header-timeout", "0.5")
     count = 100_000  # 3.5 MB of heads, 13 MB of answers: far past the high-water mark and socket buffers
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: a small window
-        sock.settimeout(10)
-        sock.connect(server.address)
-        sender = threading.Thread(target=sock.sendall, args=(get("/") * count,), daemon=True)
-        sender.start()
-        time.sleep(2)  # read nothing for four header timeouts
-        received = bytearray()
-        while received.count(b"HTTP/1.1 ") < count:
-            chunk = sock.recv(1 << 20)  # a reset raises here: the test fails with ConnectionResetError
-            assert chunk, f"closed after {received.count(b'HTTP/1.1 ')} of {count} answers"
-            received += chunk
-        sender.join(timeout=10)
-    assert received.count(b"HTTP/1.1 200 OK\r\n") == count
+    with server.connect(timeout=10, receive_buffer=65536) as sock:  # a small window from the start
+        client = FullDuplex(sock)
+        client.queue(get("/") * count)
+        client.run(None, within=2, reading=False)  # sending, and reading nothing for four timeouts
+        answered = client.receive_marks(count, within=60)
+        assert answered, f"{client.ended or 'still open'} after {client.marks} of {count} answers"
+    assert client.received.count(b"HTTP/1.1 200 OK\r\n") == count
 
 
 @pytest.mark.needs("pipelining")
@@ -359,19 +356,14 @@ def test_a_pipeline_sent_whole_before_any_answer_is_read_gets_every_answer(serve
     after the last byte has arrived, the requests left are all in the parser: no more bytes will come to
     wake it, so resuming must answer them. When that happens depends on socket buffer sizes: three lengths."""
     for count in (40_000, 45_000, 50_000):  # 1.1-1.4 MB of heads, 5.6-7 MB of answers
-        with socket.socket() as sock:
-            sock.settimeout(5)
-            sock.connect(server.address)
-            sender = threading.Thread(target=sock.sendall, args=(get("/") * count,), daemon=True)
-            sender.start()
-            sender.join(timeout=10)
+        with server.connect(timeout=5) as sock:
+            client = FullDuplex(sock)
+            client.queue(get("/") * count)
+            client.run(client.all_sent, within=10, reading=False)  # all of it, or what fits
             wait_for_server_to_stop_reading(sock)
-            received = bytearray()
-            while received.count(b"HTTP/1.1 ") < count:
-                chunk = sock.recv(1 << 20)  # a stall raises TimeoutError here
-                assert chunk, f"closed after {received.count(b'HTTP/1.1 ')} of {count} answers"
-                received += chunk
-        assert received.count(b"HTTP/1.1 200 OK\r\n") == count
+            answered = client.receive_marks(count, within=60)
+            assert answered, f"{client.ended or 'a stall'} after {client.marks} of {count} answers"
+        assert client.received.count(b"HTTP/1.1 200 OK\r\n") == count
 
 
 # --- one client's flood, everyone else's wait -------------------------------------------------------
@@ -467,28 +459,13 @@ def test_a_closing_answer_larger_than_the_socket_buffers_reaches_a_client_that_k
     answer is still in the kernel's send buffer when we are done with it: a plain close() with unread input
     would send a reset, and the kernel would drop the unsent rest. The lingering close sends it all."""
     body = os.urandom(2 * 1024 * 1024)
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: the answer must wait
-        sock.settimeout(10)
-        sock.connect(server.address)
-        stop = threading.Event()
-
-        def keep_sending() -> None:
-            try:
-                sock.sendall(post_echo(body, "Connection: close"))
-                while not stop.is_set():
-                    sock.sendall(b"x")
-                    time.sleep(0.005)
-            except OSError:
-                pass  # the server has stopped reading: the test is in the reading
-
-        sender = threading.Thread(target=keep_sending, daemon=True)
-        sender.start()
-        time.sleep(0.5)  # the server answers, and goes on receiving, while we read nothing
-        answer, ending = read_until_closed(sock, within=10)
-        stop.set()
-        sender.join(timeout=5)
-    assert answer.endswith(body), f"{len(answer)} of {len(body)} body bytes arrived, then {ending}"
+    with server.connect(timeout=10, receive_buffer=65536) as sock:  # a small window: the answer must wait
+        client = FullDuplex(sock)
+        client.queue(post_echo(body, "Connection: close") + b"x" * 2**20)  # and more, after its last request
+        client.run(None, within=0.5, reading=False)  # the server answers, and receives, unread
+        client.run(client.closed, within=10)
+    answer = bytes(client.received)
+    assert answer.endswith(body), f"{len(answer)} of {len(body)} body bytes arrived, then {client.ended}"
 
 
 def test_the_lingering_close_ends_even_if_the_client_never_stops_sending(server: RunningServer) -> None:
@@ -500,7 +477,7 @@ def test_the_lingering_close_ends_even_if_the_client_never_stops_sending(server:
             while time.monotonic() - started < 8:
                 sock.sendall(b"x" * 1024)
                 time.sleep(0.01)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):  # the last, through TLS
             closed = True
     assert closed, "the server kept draining a client that never stopped sending"
     assert time.monotonic() - started < 6

@@ -44,6 +44,7 @@ from bench import (
     router_micro,
     sendfile_micro,
     targets,
+    tls_io,
     workers,
     wrk,
 )
@@ -493,6 +494,44 @@ def test_interleaved_runs_give_each_ratio_run_by_run_with_its_spread() -> None:
     assert f"{times} nginx" not in report.markdown(old, pages, "test.json")
 
 
+def test_a_phases_targets_get_their_verdict_from_the_ratios_run_by_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Met where every pair of runs met the target, missed where none did, inside the noise where the runs
+    fall on both sides; a target whose peer was not in the run says so. Ratios here: 0.10, 0.20, 0.10."""
+    times = "\N{MULTIPLICATION SIGN}"
+    base = _with_a_routed_phase()
+    nginx_runs = [_run(160_000, 1.0), _run(100_000, 1.0), _run(180_000, 1.0)]
+    measurements = [
+        dataclasses.replace(m, runs=nginx_runs) if m.target == "nginx" and m.runs else m
+        for m in base.measurements
+    ]
+    measured = dataclasses.replace(base, measurements=measurements)
+    goals = (
+        ("one", "keepalive-64", "nginx", 0.05),
+        ("one", "keepalive-64", "nginx", 0.5),
+        ("two", "keepalive-64", "nginx", 0.15),
+        ("two", "keepalive-64", "granian", 1.0),
+        ("two", "keepalive-64", "itself", 1.0),
+    )
+    monkeypatch.setattr(report, "PHASE_TARGETS", {"phase3_http_parse": goals})
+    lines = report.markdown(measured, ["phase3_http_parse", "nginx"], "test.json").splitlines()
+    section = lines[lines.index("#### phase3_http_parse's targets") :]
+    rows = [line for line in section if line.startswith(("| one | keepalive-64 |", "| two | keepalive-64 |"))]
+    spread = f"0.10{times} (0.10{times}{report.EN_DASH}0.20{times})"
+    itself = f"1.00{times} (1.00{times}{report.EN_DASH}1.00{times})"
+    noise = "inside the noise: the runs fall on both sides"
+    assert rows == [
+        f"| one | keepalive-64 | ≥ 0.05{times} nginx | {spread} | met |",
+        f"| one | keepalive-64 | ≥ 0.50{times} nginx | {spread} | missed, by 80% of the target |",
+        f"| two | keepalive-64 | ≥ 0.15{times} nginx | {spread} | {noise} |",
+        f"| two | keepalive-64 | ≥ 1.00{times} granian | — | not measured in this run |",
+        f"| two | keepalive-64 | ≥ 1.00{times} itself | {itself} | met |",
+    ]
+    # A phase without targets has no such section.
+    assert "targets" not in report.markdown(measured, ["phase4_routing", "nginx"], "test.json")
+
+
 def test_a_scenario_a_target_does_not_serve_says_so_instead_of_leaving_a_hole(tmp_path: Path) -> None:
     measured = _with_a_routed_phase()
     text = report.markdown(measured, ["phase3_http_parse", "phase4_routing", "nginx"], "test.json")
@@ -823,6 +862,35 @@ def test_sendfile_micro_sends_every_byte_both_ways_and_tabulates_them() -> None:
         "| `os.sendfile` | 0 |" in table
         and "| `os.preadv into a buffer + socket.sendall` | 65,536 |" in table
     )
+
+
+# --------------------------------------------------------------------------------------------- TLS
+
+
+def test_tls_io_answers_every_request_through_both_engines_and_counts_their_system_calls() -> None:
+    """A few requests each way and mode: the server counts every answer (run() raises otherwise), and the
+    traced repeat sees each engine's own calls: OpenSSL's read and write on the descriptor for the SSLSocket,
+    our recvfrom and sendto for the SSLObject."""
+    require_tool("strace")
+    cpus = sorted(os.sched_getaffinity(0))
+    engines = tls_io.run(requests=64, repeats=1, server_cpu=cpus[-1], client_cpu=cpus[0])
+    assert [(entry["engine"], entry["depth"]) for entry in engines] == [
+        (tls_io.SSLSOCKET, 1),
+        (tls_io.SSLOBJECT, 1),
+        (tls_io.SSLSOCKET, 16),
+        (tls_io.SSLOBJECT, 16),
+    ]
+    for entry in engines:
+        (repeat,) = entry["repeats"]
+        assert repeat["requests"] == 64 and repeat["user_s"] >= 0 and repeat["system_s"] >= 0
+        calls = entry["traced"]["system_calls"]
+        ours = {"recvfrom", "sendto"} if entry["engine"] == tls_io.SSLOBJECT else {"read", "write"}
+        assert ours <= set(calls), (entry["engine"], calls)
+    settings = {"requests": 64, "repeats": 1, "server_cpu": 1, "client_cpu": 0}
+    table = tls_io.markdown(
+        results.document("tls_io", "test", [], {}, settings, engines=engines, tls="TLS 1.3")
+    )
+    assert table.count("| keep-alive |") == 2 and table.count("| pipelined, 16 per write |") == 2
 
 
 # --------------------------------------------------------------------------------------------- options

@@ -33,11 +33,11 @@ from typing import Any
 
 import psutil
 import pytest
-from test_abuse import read_until_closed, send_until_closed
+from test_abuse import read_until_closed
 from test_http import HELLO, HttpClient, chunked, get, post_echo
 from test_workers import wait_for_log
 
-from conftest import Phase, RunningServer
+from conftest import FullDuplex, Phase, RunningServer
 
 Transcript = list[tuple[int, list[tuple[str, str]], bytes]]
 LARGE_BODY = bytes(range(256)) * 800  # 200 KiB: more than the shared receive buffer holds
@@ -170,12 +170,16 @@ def idle_connection_cost(server: RunningServer, count: int = 400) -> float:
 
 
 @pytest.mark.needs("http", "keep_alive", "optimisation_switches")
-def test_an_idle_connection_holds_no_receive_buffer(start_server: Callable[..., RunningServer]) -> None:
-    """With the shared buffer an idle connection costs its objects, not 16 KiB of buffer; without, it does."""
+def test_an_idle_connection_holds_no_receive_buffer(
+    start_server: Callable[..., RunningServer], phase: Phase
+) -> None:
+    """With the shared buffer an idle connection costs its objects, not 16 KiB of buffer; without, it does.
+    Through TLS, OpenSSL's own state of each connection comes on top, with the buffer or without."""
     shared = idle_connection_cost(start_server("--workers", "1"))
     own = idle_connection_cost(start_server("--workers", "1", "--without", "shared_buffer"))
-    assert shared < 4 * 1024, f"each idle connection costs {shared / 1024:.1f} KiB"
-    assert own > 12 * 1024, f"without the shared buffer, {own / 1024:.1f} KiB: is the switch wired?"
+    if "tls" not in phase.capabilities:
+        assert shared < 4 * 1024, f"each idle connection costs {shared / 1024:.1f} KiB"
+    assert own - shared > 12 * 1024, f"the shared buffer saves {(own - shared) / 1024:.1f} KiB: is it wired?"
 
 
 def worker_cpus(server: RunningServer) -> list[set[int]]:
@@ -374,12 +378,11 @@ def test_a_client_still_sending_after_its_close_request_gets_the_lingering_close
     it had not read yet. Such a client gets the lingering close, and its whole answer."""
     server = start_server("--workers", "1")
     with server.connect(timeout=10) as sock:
-        request_and_more = get("/", "Connection: close") + bytes(2**20)
-        sender = threading.Thread(target=send_until_closed, args=(sock, request_and_more))
-        sender.start()
-        time.sleep(0.5)  # the server answers and closes, one way or the other, while we read nothing
-        answer, ending = read_until_closed(sock, within=10)
-    sender.join(timeout=10)
+        client = FullDuplex(sock)
+        client.queue(get("/", "Connection: close") + bytes(2**20))
+        client.run(None, within=0.5, reading=False)  # the server answers and closes, unread
+        client.run(client.closed, within=10)
+    answer, ending = bytes(client.received), client.ended
     assert answer.endswith(HELLO) and ending == "eof", (answer[:40], ending)
 
 
@@ -394,10 +397,7 @@ def test_a_client_told_to_close_by_a_drain_gets_the_lingering_close(
     reads the request, drops it, and the whole answer arrives."""
     server = start_server("--workers", "1")
     body = bytes(range(256)) * 40  # 10 KiB: our kernel takes it at once, the client's window does not
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # before connect: the window stays small
-        sock.settimeout(10)
-        sock.connect(server.address)
+    with server.connect(timeout=10, receive_buffer=2048) as sock:  # a window that stays small
         request = post_echo(body)
         sock.sendall(request[:-1])  # a request in progress, which the drain waits for (an idle one has 1 s)
         mark = len(server.stderr_so_far())

@@ -31,12 +31,11 @@ from test_abuse import (
     answered_quickly,
     fds_settle_at,
     read_until_closed,
-    send_until_closed,
     unread_by_the_server,
 )
 from test_http import HELLO, HttpClient, get
 
-from conftest import Phase, RunningServer
+from conftest import FullDuplex, Phase, RunningServer
 from tools.phases import phase_command
 
 pytestmark = pytest.mark.needs("static_files")
@@ -451,10 +450,7 @@ def test_a_large_file_to_a_client_that_does_not_read_never_blocks_the_others(
     files: RunningServer, site: Path
 ) -> None:
     big = (site / "big.bin").read_bytes()
-    with socket.socket() as slow:
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        slow.settimeout(10)
-        slow.connect(files.address)
+    with files.connect(timeout=10, receive_buffer=65536) as slow:
         slow.sendall(get("/static/big.bin"))
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:  # two seconds of other clients, answered fast
@@ -483,19 +479,14 @@ def test_a_file_pipelined_between_two_small_answers_stays_in_order(files: Runnin
 def small_window_socket(server: RunningServer, timeout: float = 20.0) -> socket.socket:
     """A client socket with a small receive buffer, set before connect() so that the window is small from the
     start: what the server sends and the client does not read soon fills it, then the server's socket."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    sock.settimeout(timeout)
-    sock.connect(server.address)
-    return sock
+    return server.connect(timeout, receive_buffer=65536)
 
 
 class SmallWindowClient(HttpClient):
     """An HttpClient on a small_window_socket()."""
 
     def __init__(self, server: RunningServer, timeout: float = 20.0) -> None:
-        self.sock = small_window_socket(server, timeout)
-        self.file = self.sock.makefile("rb")
+        super().__init__(server, timeout, receive_buffer=65536)
 
 
 def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -530,20 +521,20 @@ def wait_until_the_answer_stops_arriving(sock: socket.socket, within: float = 20
             queued, unchanged_since = now_queued, time.monotonic()
 
 
-def server_stops_reading_before(sender: threading.Thread, sock: socket.socket, within: float = 30.0) -> bool:
-    """Wait until the server leaves what `sock` sent unread (its receive queue holds bytes, unchanged for half
-    a second: it has stopped reading, and TCP's window stops `sender`) -> True; or until `sender` has sent
-    everything -> False (the server read it all)."""
+def server_stops_reading_before(client: FullDuplex, within: float = 30.0) -> bool:
+    """Send on, reading nothing, until the server leaves what `client` sent unread (its receive queue holds
+    bytes, unchanged for half a second: it has stopped reading, and TCP's window stops us) -> True; or until
+    everything is sent -> False (the server read it all)."""
     deadline = time.monotonic() + within
     unread, unchanged_since = -1, time.monotonic()
-    while sender.is_alive():
+    while client.unsent and client.send_error is None:
         assert time.monotonic() < deadline, f"the server neither paused nor read it all in {within} s"
-        now_unread = unread_by_the_server(sock)
+        now_unread = unread_by_the_server(client.sock)
         if now_unread != unread:
             unread, unchanged_since = now_unread, time.monotonic()
         elif unread and time.monotonic() - unchanged_since >= 0.5:
             return True
-        time.sleep(0.01)
+        client.run(None, within=0.01, reading=False)
     return False
 
 
@@ -562,20 +553,16 @@ def test_requests_pipelined_behind_a_file_read_slowly_then_not_at_all_wait_in_th
     baseline_fds, baseline_rss = files.open_fds(), files.rss_bytes()
     request = get("/static/big.bin")
     with small_window_socket(files) as sock:
-        pipeline = request * (PIPELINE_BEHIND_A_FILE // len(request))
-        sender = threading.Thread(target=send_until_closed, args=(sock, pipeline), daemon=True)
-        sender.start()
-        _, received = read_head(sock)
-        while len(received) < 4 * 1024 * 1024:  # each read makes room: the server sends more of the file
-            received += sock.recv(65536)
+        client = FullDuplex(sock)
+        client.queue(request * (PIPELINE_BEHIND_A_FILE // len(request)))
+        while len(client.received) < 4 * 1024 * 1024:  # each read makes room: the server sends more of it
+            assert client.receive_more(within=10), f"{client.ended or 'nothing'} after {len(client.received)}"
             time.sleep(0.005)
-        assert server_stops_reading_before(sender, sock), "the server read every request behind the file"
+        assert server_stops_reading_before(client), "the server read every request behind the file"
         growth = files.rss_bytes() - baseline_rss
         assert growth < 8 * 1024 * 1024, f"the server holds {growth / 2**20:.0f} MiB more for one client"
         # The connection, and the one file being sent.
         assert files.open_fds() <= baseline_fds + 2
-        sock.shutdown(socket.SHUT_RDWR)  # ends the sender's sendall, which TCP's window blocks
-        sender.join(timeout=10)
     assert fetch(files, "/").body == HELLO
     assert fds_settle_at(files, baseline_fds) == baseline_fds
 

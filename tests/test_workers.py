@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import queue
 import re
 import select
 import shutil
@@ -265,31 +266,41 @@ def test_load_from_many_connections_reaches_every_worker(
 
 
 def first_answer(server: RunningServer, probes: int, within: float) -> tuple[int | None, int]:
-    """Open `probes` connections at once, a request on each; wait for the first answer -> (the pid of the
+    """Open `probes` connections at once, a request on each, each in a thread of its own (through TLS, a
+    connection's handshake waits until a worker accepts it); wait for the first answer -> (the pid of the
     worker that holds its connection, how many probes were closed or reset unanswered before it). The others
-    are closed: answered later, or never."""
-    clients = [HttpClient(server, timeout=within) for _ in range(probes)]
+    are left to their threads: answered later, or never, until their timeout or the server's stop."""
+    outcomes: queue.Queue[HttpClient | BaseException] = queue.Queue()
+    looked_up = threading.Event()
+
+    def probe() -> None:
+        try:
+            with HttpClient(server, timeout=within) as client:
+                client.send(get("/"))
+                body = client.response().body
+                outcomes.put(client if body == HELLO else AssertionError(f"a wrong answer: {body[:40]!r}"))
+                looked_up.wait(within)  # the connection stays open while its worker is looked up
+        except (OSError, http.client.HTTPException) as error:  # taken by a worker as it died (see below)
+            outcomes.put(error)
+
+    for _ in range(probes):
+        threading.Thread(target=probe, daemon=True).start()
     deadline = time.monotonic() + within
     dropped = 0
     try:
-        for client in clients:
-            client.send(get("/"))
-        waiting = {client.sock: client for client in clients}
-        while waiting:
-            readable = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))[0]
-            assert readable, f"none of {probes} new connections answered within {within} s"
-            for sock in readable:
-                client = waiting.pop(sock)
-                try:
-                    assert client.response().body == HELLO
-                except (ConnectionError, http.client.RemoteDisconnected):
-                    dropped += 1  # taken by a worker as it died (see the test below)
-                    continue
-                return owners_of_connections(server).get(sock.getsockname()[1]), dropped
+        for _ in range(probes):
+            try:
+                outcome = outcomes.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"none of {probes} new connections answered within {within} s") from None
+            if isinstance(outcome, HttpClient):
+                return owners_of_connections(server).get(outcome.sock.getsockname()[1]), dropped
+            if isinstance(outcome, AssertionError):
+                raise outcome
+            dropped += 1
         raise AssertionError(f"all {probes} new connections were closed unanswered")
     finally:
-        for client in clients:
-            client.close()
+        looked_up.set()
 
 
 def load_on_both_workers(server: RunningServer) -> tuple[Load, dict[int, set[int]]]:
@@ -379,10 +390,7 @@ class SlowReader:
     @classmethod
     def begin(cls, server: RunningServer) -> SlowReader:
         body = os.urandom(cls.SIZE)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connect: the answer must wait
-        sock.settimeout(10)
-        sock.connect(server.address)
+        sock = server.connect(timeout=10, receive_buffer=65536)  # a small window: the answer must wait
         sock.sendall(post_echo(body))
         head = b""
         while len(head) < 12:
