@@ -306,6 +306,9 @@ def phase_targets(results: Results, phase: str) -> list[str]:
     return markdown_table(header, rows, ["---", "---", "---", "--:", "---"])
 
 
+PEER_COLUMNS = 4  # scenarios in one table of a phase against each peer
+
+
 def peer_ratios(results: Results, phase: str) -> list[str]:
     """A row per peer, a column per scenario the phase was measured in: the phase's requests per server
     CPU-second over the peer's, run i over run i, median (lowest to highest); a dash where the peer was not
@@ -336,8 +339,17 @@ def peer_ratios(results: Results, phase: str) -> list[str]:
         mine = [results.measurement(phase, scenario.name) for scenario in scenarios]
         ratios = [m.ratio(own, "requests_per_server_cpu_s") if m else None for m in mine]
         rows.append([f"itself, {scenarios[0].name}", *(with_range(ratio, times) for ratio in ratios)])
-    header = ["against", *(scenario.name for scenario in scenarios)]
-    return _table(rows, header) if rows else []
+    # Four scenarios to a table at most, the next ones in a table of their own: seven columns of ranges are
+    # wider than a page.
+    tables: list[str] = []
+    for first in range(0, len(scenarios), PEER_COLUMNS):
+        chosen = range(first, min(first + PEER_COLUMNS, len(scenarios)))
+        header = ["against", *(scenarios[index].name for index in chosen)]
+        kept = [[row[0], *(row[1 + index] for index in chosen)] for row in rows]
+        kept = [row for row in kept if any(cell != "—" for cell in row[1:])]
+        if kept:
+            tables += [*([""] if tables else []), *_table(kept, header)]
+    return tables
 
 
 def idle_table(results: Results, targets: list[str]) -> list[str]:

@@ -19,6 +19,8 @@ What this file decides, and where each choice comes from:
   ALPN       "http/1.1" (RFC 7301): the only protocol this server speaks (phase 9 adds "h2").
   no compression (CRIME) and no renegotiation (a client's cheap way to make the server compute a handshake
              again, and TLS 1.3 has none): OP_NO_COMPRESSION, OP_NO_RENEGOTIATION.
+  ragged end a client that closes without close_notify (many do) ends its stream like one that sends it:
+             OP_IGNORE_UNEXPECTED_EOF, without which OpenSSL 3 makes it a fatal error of the connection.
   tickets    OpenSSL's default: TLS 1.3 sends two session tickets after a handshake, encrypted with keys
              that live in this context. A worker process makes its own context, so a ticket works only
              with the worker that issued it (the chapter measures what that costs).

@@ -344,18 +344,24 @@ def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced_at_on
         os.kill(survivor, signal.SIGSTOP)
         try:
             os.kill(victim, signal.SIGKILL)
+            # The supervisor's part: a replacement at once, or after the first backoff of a worker that died
+            # young (this one served for less than HEALTHY_UPTIME), never more.
+            died = wait_for_log(
+                server,
+                rf"^supervisor: worker (\d+) \(pid {victim}\): killed by SIGKILL;"
+                r" its replacement starts in 0\.[01] s$",
+                after=mark,
+                within=REPLACEMENT_WITHIN,
+            )
+            if model == "reuseport":
+                # Until the stopped survivor has been silent a while, it is the one worker heard from, and new
+                # clients are steered to it alone: wait until they are steered to the replacement instead.
+                steered = rf"^supervisor: new clients go to worker\(s\) {died.group(1)} only"
+                wait_for_log(server, steered, after=mark, within=REPLACEMENT_WITHIN)
             answerer, dropped = first_answer(server, probes=16, within=REPLACEMENT_WITHIN)
         finally:
             with contextlib.suppress(ProcessLookupError):  # it may have died: a test failure, told below
                 os.kill(survivor, signal.SIGCONT)
-        # The supervisor's part: a replacement at once, or after the first backoff of a worker that died young
-        # (this one served for less than HEALTHY_UPTIME), never more.
-        died = wait_for_log(
-            server,
-            rf"^supervisor: worker (\d+) \(pid {victim}\): killed by SIGKILL;"
-            r" its replacement starts in 0\.[01] s$",
-            after=mark,
-        )
         ready = wait_for_log(
             server, rf"^supervisor: worker {died.group(1)} \(pid (\d+)\): ready$", after=mark
         )
